@@ -1,0 +1,55 @@
+"""`hy3`: one command line over the whole toolkit. Each subcommand lives in `megatron_hy/commands/`."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+import warnings
+
+from . import __version__
+from .errors import Hy3Error
+
+COMMANDS = ["make_tiny", "convert", "check", "demo"]
+
+
+def quiet_libraries() -> None:
+    """Keep third-party chatter (missing TE/apex on CPU, load reports) out of the user's terminal."""
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    warnings.filterwarnings("ignore", message=".*Transformer Engine.*")
+    warnings.filterwarnings("ignore", message=".*Apex.*")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hy3",
+        description="Hy3 on Megatron-Core: convert checkpoints, check them, verify parity, plan and launch "
+                    "training, export LoRA, and prepare data. Run `hy3 COMMAND --help` for each command.")
+    parser.add_argument("--version", action="version", version=f"megatron-hy {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMANDS:
+        importlib.import_module(f"megatron_hy.commands.{name}").register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    quiet_libraries()
+    args = build_parser().parse_args(argv)
+    try:
+        rc = args.func(args)
+    except Hy3Error as e:
+        print(f"hy3: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("hy3: interrupted", file=sys.stderr)
+        return 130
+    return int(rc or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

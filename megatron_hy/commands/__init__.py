@@ -1,0 +1,1 @@
+"""One module per `hy3` subcommand; each defines `register(subparsers)`."""

@@ -1,0 +1,173 @@
+"""The one table of Hy3 tensor names.
+
+Every HF tensor of Hy3 is described once here by its *logical* name: the name it has in the
+published ("inner") layout, where each expert is its own tensor. The fused ("outer") layout
+stores the same bytes under other keys: renamed router, bias and shared-expert tensors, and
+two 3D tensors per MoE layer that stack every expert. An outer location is therefore
+(key, expert index, row range), and fusing or splitting experts is a byte shuffle.
+
+Converters, the checker, the Megatron mapping, LoRA export and the tests all read this module.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+from .config import Hy3Config
+
+LAYOUTS = ("inner", "outer")
+LAYER = "model.layers.{i}."
+
+# scopes: "model" (once), "layer" (every decoder and MTP layer), "dense" / "moe" (by layer type),
+# "expert" (every routed expert of every MoE layer), "mtp" (MTP layers only)
+
+
+@dataclass(frozen=True)
+class HFTensor:
+    scope: str
+    inner: str
+    shape: Callable[[Hy3Config], tuple]
+    outer: str | None = None      # outer key, when it differs from the inner one
+    rows: tuple[int, int] | None = None  # experts: row range of the fused tensor, in units of moe_ffn
+
+
+HF_TENSORS: tuple[HFTensor, ...] = (
+    HFTensor("model", "model.embed_tokens.weight", lambda c: (c.vocab_size, c.hidden_size)),
+    HFTensor("model", "model.norm.weight", lambda c: (c.hidden_size,)),
+    HFTensor("model", "lm_head.weight", lambda c: (c.vocab_size, c.hidden_size)),
+    HFTensor("layer", "input_layernorm.weight", lambda c: (c.hidden_size,)),
+    HFTensor("layer", "self_attn.q_proj.weight", lambda c: (c.num_heads * c.head_dim, c.hidden_size)),
+    HFTensor("layer", "self_attn.k_proj.weight", lambda c: (c.num_kv_heads * c.head_dim, c.hidden_size)),
+    HFTensor("layer", "self_attn.v_proj.weight", lambda c: (c.num_kv_heads * c.head_dim, c.hidden_size)),
+    HFTensor("layer", "self_attn.o_proj.weight", lambda c: (c.hidden_size, c.num_heads * c.head_dim)),
+    HFTensor("layer", "self_attn.q_norm.weight", lambda c: (c.head_dim,)),
+    HFTensor("layer", "self_attn.k_norm.weight", lambda c: (c.head_dim,)),
+    HFTensor("layer", "post_attention_layernorm.weight", lambda c: (c.hidden_size,)),
+    HFTensor("dense", "mlp.gate_proj.weight", lambda c: (c.intermediate_size, c.hidden_size)),
+    HFTensor("dense", "mlp.up_proj.weight", lambda c: (c.intermediate_size, c.hidden_size)),
+    HFTensor("dense", "mlp.down_proj.weight", lambda c: (c.hidden_size, c.intermediate_size)),
+    HFTensor("moe", "mlp.router.gate.weight", lambda c: (c.num_experts, c.hidden_size), outer="mlp.gate.weight"),
+    HFTensor("moe", "mlp.expert_bias", lambda c: (c.num_experts,), outer="mlp.e_score_correction_bias"),
+    HFTensor("moe", "mlp.shared_mlp.gate_proj.weight", lambda c: (c.shared_ffn, c.hidden_size),
+             outer="mlp.shared_experts.gate_proj.weight"),
+    HFTensor("moe", "mlp.shared_mlp.up_proj.weight", lambda c: (c.shared_ffn, c.hidden_size),
+             outer="mlp.shared_experts.up_proj.weight"),
+    HFTensor("moe", "mlp.shared_mlp.down_proj.weight", lambda c: (c.hidden_size, c.shared_ffn),
+             outer="mlp.shared_experts.down_proj.weight"),
+    HFTensor("expert", "mlp.experts.{e}.gate_proj.weight", lambda c: (c.moe_ffn, c.hidden_size),
+             outer="mlp.experts.gate_up_proj", rows=(0, 1)),
+    HFTensor("expert", "mlp.experts.{e}.up_proj.weight", lambda c: (c.moe_ffn, c.hidden_size),
+             outer="mlp.experts.gate_up_proj", rows=(1, 2)),
+    HFTensor("expert", "mlp.experts.{e}.down_proj.weight", lambda c: (c.hidden_size, c.moe_ffn),
+             outer="mlp.experts.down_proj"),
+    HFTensor("mtp", "eh_proj.weight", lambda c: (c.hidden_size, 2 * c.hidden_size)),
+    HFTensor("mtp", "enorm.weight", lambda c: (c.hidden_size,)),
+    HFTensor("mtp", "hnorm.weight", lambda c: (c.hidden_size,)),
+    HFTensor("mtp", "final_layernorm.weight", lambda c: (c.hidden_size,)),
+)
+
+# Outer fused expert tensors: key suffix -> shape, built from the expert rows above.
+FUSED_SHAPES: dict[str, Callable[[Hy3Config], tuple]] = {
+    "mlp.experts.gate_up_proj": lambda c: (c.num_experts, 2 * c.moe_ffn, c.hidden_size),
+    "mlp.experts.down_proj": lambda c: (c.num_experts, c.hidden_size, c.moe_ffn),
+}
+
+
+@dataclass(frozen=True)
+class Logical:
+    """One logical HF tensor of a concrete model, with where it lives in the outer layout."""
+    name: str            # inner key
+    shape: tuple
+    layer: int | None    # HF layer index (MTP layers follow the decoder layers); None for model scope
+    expert: int | None
+    spec: HFTensor
+
+    @property
+    def outer_key(self) -> str:
+        if self.spec.outer is None:
+            return self.name
+        return LAYER.format(i=self.layer) + self.spec.outer
+
+    def key(self, layout: str) -> str:
+        """The checkpoint key that holds this tensor (for outer experts: the fused tensor)."""
+        return self.name if layout == "inner" else self.outer_key
+
+    def outer_slice(self, c: Hy3Config) -> tuple[int, int] | None:
+        """Element range of this tensor inside its outer fused tensor (row-major), or None."""
+        if self.expert is None or self.spec.outer is None:
+            return None
+        per_expert = FUSED_SHAPES[self.spec.outer](c)
+        expert_elems = per_expert[1] * per_expert[2]
+        lo, hi = self.spec.rows or (0, None)
+        row = c.moe_ffn * per_expert[2]  # elements per moe_ffn rows (gate_up rows are H wide)
+        start = self.expert * expert_elems + lo * row
+        end = self.expert * expert_elems + (hi * row if hi is not None else expert_elems)
+        return start, end
+
+
+def _layer_scopes(c: Hy3Config, i: int) -> tuple[str, ...]:
+    scopes = ["layer", "moe" if c.is_moe(i) else "dense"]
+    if i >= c.num_layers:
+        scopes.append("mtp")
+    return tuple(scopes)
+
+
+def logical_tensors(c: Hy3Config) -> Iterator[Logical]:
+    """Every logical HF tensor of the model, in a stable order (model, then layer by layer)."""
+    for t in HF_TENSORS:
+        if t.scope == "model":
+            yield Logical(t.inner, tuple(t.shape(c)), None, None, t)
+    for i in c.all_hf_layers():
+        scopes = _layer_scopes(c, i)
+        prefix = LAYER.format(i=i)
+        for t in HF_TENSORS:
+            if t.scope in scopes:
+                yield Logical(prefix + t.inner, tuple(t.shape(c)), i, None, t)
+        if "moe" in scopes:
+            for e in range(c.num_experts):
+                for t in HF_TENSORS:
+                    if t.scope == "expert":
+                        yield Logical(prefix + t.inner.format(e=e), tuple(t.shape(c)), i, e, t)
+
+
+def expected_keys(c: Hy3Config, layout: str) -> dict[str, tuple]:
+    """Checkpoint key -> shape for a complete checkpoint in the given layout."""
+    if layout not in LAYOUTS:
+        raise ValueError(layout)
+    out: dict[str, tuple] = {}
+    for t in logical_tensors(c):
+        if layout == "outer" and t.expert is not None:
+            out[t.outer_key] = tuple(FUSED_SHAPES[t.spec.outer](c))
+        else:
+            out[t.key(layout)] = t.shape
+    return out
+
+
+def fused_parts(c: Hy3Config) -> dict[str, list[Logical]]:
+    """Outer fused key -> the logical expert tensors it holds, in byte order."""
+    parts: dict[str, list[Logical]] = {}
+    for t in logical_tensors(c):
+        if t.expert is not None:
+            parts.setdefault(t.outer_key, []).append(t)
+    for key, ts in parts.items():
+        ts.sort(key=lambda t: t.outer_slice(c)[0])
+    return parts
+
+
+def detect_layout(keys) -> str | None:
+    """'inner', 'outer', 'mixed' or None (no expert tensors at all)."""
+    inner = outer = False
+    for k in keys:
+        if ".mlp.experts." in k:
+            if k.endswith(".mlp.experts.gate_up_proj") or k.endswith(".mlp.experts.down_proj"):
+                outer = True
+            else:
+                inner = True
+        elif k.endswith(".mlp.router.gate.weight") or k.endswith(".mlp.expert_bias") or ".mlp.shared_mlp." in k:
+            inner = True
+        elif k.endswith(".mlp.gate.weight") or k.endswith(".mlp.e_score_correction_bias") or ".mlp.shared_experts." in k:
+            outer = True
+    if inner and outer:
+        return "mixed"
+    return "inner" if inner else "outer" if outer else None

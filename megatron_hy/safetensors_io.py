@@ -1,0 +1,351 @@
+"""Safetensors at the byte level: headers, checkpoint indexes, byte-range reads, streaming writes.
+
+A safetensors file is an 8-byte little-endian header length, a JSON header mapping each key to
+dtype, shape and [start, end) offsets into the data section, then the data. Reading a header is
+cheap, so a whole 47k-tensor checkpoint is described without touching tensor data; tensors and
+slices of tensors are then read or copied by byte range (`os.copy_file_range`: the kernel moves
+the bytes, nothing passes through this process). Memory stays bounded by design.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Union
+
+from .errors import Hy3Error
+
+ITEMSIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "F8_E5M2": 1, "I64": 8, "I32": 4,
+            "I16": 2, "I8": 1, "U64": 8, "U32": 4, "U16": 2, "U8": 1, "BOOL": 1}
+FLOAT_DTYPES = {"F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2"}
+MAX_HEADER = 100 * 1024 * 1024
+INDEX_NAME = "model.safetensors.index.json"
+SINGLE_NAME = "model.safetensors"
+COPY_CHUNK = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    key: str
+    file: Path
+    dtype: str
+    shape: tuple
+    start: int  # absolute byte offset in file
+    end: int
+
+    @property
+    def nbytes(self) -> int:
+        return self.end - self.start
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def itemsize(self) -> int:
+        return ITEMSIZE[self.dtype]
+
+
+def read_header(path: Path) -> tuple[dict[str, TensorInfo], dict]:
+    """Parse and validate one safetensors header. Raises Hy3Error naming the file and key."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            raw_len = f.read(8)
+            if len(raw_len) < 8:
+                raise Hy3Error(f"{path}: empty or truncated safetensors file ({size} bytes)")
+            (hlen,) = struct.unpack("<Q", raw_len)
+            if hlen > MAX_HEADER or 8 + hlen > size:
+                raise Hy3Error(f"{path}: corrupt safetensors header (header length {hlen}, file size {size})")
+            blob = f.read(hlen)
+    except OSError as e:
+        raise Hy3Error(f"{path}: cannot read ({e.strerror})") from None
+    try:
+        header = json.loads(blob)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise Hy3Error(f"{path}: corrupt safetensors header (not JSON: {e})") from None
+    if not isinstance(header, dict):
+        raise Hy3Error(f"{path}: corrupt safetensors header (not a JSON object)")
+    meta = header.pop("__metadata__", None) or {}
+    base = 8 + hlen
+    out: dict[str, TensorInfo] = {}
+    for key, ent in header.items():
+        try:
+            dtype, shape, (s, e) = ent["dtype"], tuple(int(x) for x in ent["shape"]), ent["data_offsets"]
+        except (KeyError, TypeError, ValueError):
+            raise Hy3Error(f"{path}: corrupt header entry for {key!r}") from None
+        if dtype not in ITEMSIZE:
+            raise Hy3Error(f"{path}: {key}: unknown dtype {dtype!r}")
+        want = math.prod(shape) * ITEMSIZE[dtype]
+        if e - s != want or s < 0:
+            raise Hy3Error(f"{path}: {key}: byte range [{s}, {e}) does not match shape {list(shape)} {dtype}")
+        if base + e > size:
+            raise Hy3Error(f"{path}: truncated: {key} needs bytes up to {base + e}, file has {size}")
+        out[key] = TensorInfo(key, path, dtype, shape, base + s, base + e)
+    return out, meta
+
+
+@dataclass
+class Checkpoint:
+    """A safetensors checkpoint directory described from its index and shard headers."""
+    root: Path
+    tensors: dict[str, TensorInfo] = field(default_factory=dict)
+    weight_map: dict[str, str] = field(default_factory=dict)
+    shard_files: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    index_metadata: dict = field(default_factory=dict)
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(t.nbytes for t in self.tensors.values())
+
+
+def open_checkpoint(root: str | Path, strict: bool = True) -> Checkpoint:
+    """Read the index and every shard header. strict: raise on the first problem; else collect them."""
+    root = Path(root)
+    ck = Checkpoint(root)
+
+    def problem(msg: str) -> None:
+        if strict:
+            raise Hy3Error(msg)
+        ck.problems.append(msg)
+
+    if not root.is_dir():
+        raise Hy3Error(f"{root}: not a directory")
+    index = root / INDEX_NAME
+    on_disk = sorted(p.name for p in root.glob("*.safetensors"))
+    if index.exists():
+        try:
+            idx = json.loads(index.read_text())
+            weight_map = idx["weight_map"]
+            if not isinstance(weight_map, dict):
+                raise TypeError
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
+            raise Hy3Error(f"{index}: not a valid index (expected JSON with a 'weight_map' object)") from None
+        ck.index_metadata = idx.get("metadata") or {}
+        ck.weight_map = dict(weight_map)
+    elif (root / SINGLE_NAME).exists():
+        ck.weight_map = None  # filled from the single file below
+    else:
+        raise Hy3Error(f"{root}: no {INDEX_NAME} (and no single {SINGLE_NAME}); is this a safetensors checkpoint?")
+
+    files = sorted(set(ck.weight_map.values())) if ck.weight_map is not None else [SINGLE_NAME]
+    ck.shard_files = files
+    for name in sorted(set(on_disk) - set(files)):
+        problem(f"{root / name}: orphan shard file, not referenced by {INDEX_NAME}")
+    for name in files:
+        path = root / name
+        if not path.exists():
+            keys = [k for k, v in (ck.weight_map or {}).items() if v == name]
+            problem(f"{path}: missing shard file (index lists {len(keys)} tensors in it, e.g. {keys[0] if keys else '?'})")
+            continue
+        try:
+            infos, _ = read_header(path)
+        except Hy3Error as e:
+            if strict:
+                raise
+            ck.problems.append(str(e))
+            continue
+        if not infos:
+            problem(f"{path}: shard holds no tensors")
+        for key, info in infos.items():
+            if ck.weight_map is not None and ck.weight_map.get(key) != name:
+                where = ck.weight_map.get(key)
+                problem(f"{path}: tensor {key} is not in the index" if where is None
+                        else f"{path}: tensor {key} is indexed under {where}")
+                if where is not None:
+                    continue
+            if key in ck.tensors:
+                problem(f"{path}: tensor {key} also appears in {ck.tensors[key].file.name}")
+                continue
+            ck.tensors[key] = info
+    if ck.weight_map is None:
+        ck.weight_map = {k: SINGLE_NAME for k in ck.tensors}
+    else:
+        for key, name in ck.weight_map.items():
+            if key not in ck.tensors and (root / name).exists():
+                problem(f"{root / name}: index lists {key} in this file, but the file does not contain it")
+    return ck
+
+
+# --- reading tensor bytes ------------------------------------------------------------------------
+
+def read_bytes(path: Path, offset: int, nbytes: int) -> bytearray:
+    buf = bytearray(nbytes)
+    view = memoryview(buf)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        got = 0
+        while got < nbytes:
+            n = os.preadv(fd, [view[got:]], offset + got)
+            if n <= 0:
+                raise Hy3Error(f"{path}: truncated at byte {offset + got}")
+            got += n
+    finally:
+        os.close(fd)
+    return buf
+
+
+def read_tensor(info: TensorInfo, start: int = 0, end: int | None = None):
+    """Elements [start, end) of a tensor (row-major), as a torch tensor; only those bytes are read."""
+    import torch
+
+    end = info.numel if end is None else end
+    item = info.itemsize
+    buf = read_bytes(info.file, info.start + start * item, (end - start) * item)
+    if not buf:
+        return torch.empty(0, dtype=torch_dtype(info.dtype))
+    return torch.frombuffer(buf, dtype=torch_dtype(info.dtype))
+
+
+def torch_dtype(name: str):
+    import torch
+
+    return {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+            "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2, "I64": torch.int64,
+            "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+            "BOOL": torch.bool, "U16": torch.uint16, "U32": torch.uint32, "U64": torch.uint64}[name]
+
+
+def dtype_name(dtype) -> str:
+    import torch
+
+    names = {torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
+             torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8",
+             torch.uint8: "U8", torch.bool: "BOOL"}
+    return names[dtype]
+
+
+# --- streaming writes ----------------------------------------------------------------------------
+
+# A source is a byte range of a file, or bytes already in memory.
+Source = Union[tuple[Path, int, int], bytes, bytearray, memoryview]
+
+
+@dataclass
+class OutTensor:
+    key: str
+    dtype: str
+    shape: tuple
+    sources: list[Source]
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * ITEMSIZE[self.dtype]
+
+
+def _copy_range(src_fd: int, offset: int, nbytes: int, dst_fd: int) -> None:
+    done = 0
+    while done < nbytes:
+        n = min(nbytes - done, COPY_CHUNK)
+        try:
+            got = os.copy_file_range(src_fd, dst_fd, n, offset + done)
+        except OSError:
+            got = 0
+        if got <= 0:  # not supported across these files, or EOF: fall back to a bounded buffer
+            data = os.pread(src_fd, n, offset + done)
+            if not data:
+                raise Hy3Error(f"source file truncated at byte {offset + done}")
+            os.write(dst_fd, data)
+            got = len(data)
+        done += got
+
+
+def header_bytes(tensors: list[OutTensor], metadata: dict | None = None) -> bytes:
+    header: dict = {"__metadata__": metadata or {"format": "pt"}}
+    off = 0
+    for t in tensors:
+        header[t.key] = {"dtype": t.dtype, "shape": list(t.shape), "data_offsets": [off, off + t.nbytes]}
+        off += t.nbytes
+    blob = json.dumps(header, separators=(",", ":")).encode()
+    blob += b" " * (-len(blob) % 8)
+    return struct.pack("<Q", len(blob)) + blob
+
+
+def shard_size(tensors: list[OutTensor]) -> int:
+    return len(header_bytes(tensors)) + sum(t.nbytes for t in tensors)
+
+
+def write_shard(path: Path, tensors: list[OutTensor], on_bytes=None) -> None:
+    """Write a safetensors file under a temporary name, stream every source in, then rename."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    fds: dict[Path, int] = {}
+    dst = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        os.write(dst, header_bytes(tensors))
+        for t in tensors:
+            written = 0
+            for src in t.sources:
+                if isinstance(src, tuple):
+                    file, off, n = src
+                    if file not in fds:
+                        fds[file] = os.open(file, os.O_RDONLY)
+                    _copy_range(fds[file], off, n, dst)
+                else:
+                    n = len(src) if not isinstance(src, memoryview) else src.nbytes
+                    os.write(dst, src)
+                written += n
+                if on_bytes:
+                    on_bytes(n)
+            if written != t.nbytes:
+                raise Hy3Error(f"{path}: {t.key}: sources hold {written} bytes, shape needs {t.nbytes}")
+    finally:
+        os.close(dst)
+        for fd in fds.values():
+            os.close(fd)
+    os.replace(tmp, path)
+
+
+def plan_shards(tensors: Iterable[OutTensor], max_bytes: int) -> list[list[OutTensor]]:
+    """Pack tensors, in order, into shards of at most max_bytes (a larger tensor gets its own shard)."""
+    shards: list[list[OutTensor]] = []
+    cur: list[OutTensor] = []
+    size = 0
+    for t in tensors:
+        if cur and size + t.nbytes > max_bytes:
+            shards.append(cur)
+            cur, size = [], 0
+        cur.append(t)
+        size += t.nbytes
+    if cur:
+        shards.append(cur)
+    return shards
+
+
+def shard_name(i: int, n: int) -> str:
+    return f"model-{i + 1:05d}-of-{n:05d}.safetensors"
+
+
+def write_index(root: Path, weight_map: dict[str, str], total_size: int, extra_meta: dict | None = None) -> None:
+    meta = {"total_size": total_size}
+    meta.update(extra_meta or {})
+    data = {"metadata": meta, "weight_map": dict(sorted(weight_map.items()))}
+    tmp = root / (INDEX_NAME + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, root / INDEX_NAME)
+
+
+def parse_size(text: str) -> int:
+    """'5GB', '500MB', '4GiB', '1234' -> bytes."""
+    s = str(text).strip().upper().replace(" ", "")
+    units = {"KIB": 1 << 10, "MIB": 1 << 20, "GIB": 1 << 30, "TIB": 1 << 40,
+             "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "K": 10**3, "M": 10**6, "G": 10**9, "B": 1}
+    for u, mult in units.items():
+        if s.endswith(u):
+            num = s[: -len(u)]
+            break
+    else:
+        num, mult = s, 1
+    try:
+        value = float(num)
+    except ValueError:
+        raise Hy3Error(f"cannot read size {text!r}; expected e.g. 5GB, 500MB, 4GiB") from None
+    if value <= 0:
+        raise Hy3Error(f"size {text!r} must be positive")
+    return int(value * mult)

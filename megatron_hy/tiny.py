@@ -1,0 +1,219 @@
+"""Tiny random Hy3 checkpoints for tests and the demo.
+
+The decoder is built and saved by transformers' `HYV3ForCausalLM`, so tensor names, shapes and
+layout are what the real library writes. transformers has no MTP module, so the MTP layer is
+built as one more MoE decoder layer of the same model and given its four MTP-only tensors.
+The tensors are then re-sharded so that one MoE layer's experts straddle a shard boundary,
+as in the published checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import tempfile
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from .config import Hy3Config
+from .errors import Hy3Error
+from .mapping import LAYER, fused_parts, logical_tensors
+from .safetensors_io import OutTensor, dtype_name, shard_name, write_index, write_shard
+
+
+TORCH_DTYPE_NAMES = {"bf16": "bfloat16", "fp32": "float32", "fp16": "float16"}
+
+
+@dataclass
+class TinySpec:
+    layers: int = 3
+    dense_layers: int = 1
+    experts: int = 8
+    top_k: int = 2
+    hidden: int = 64
+    heads: int = 4
+    kv_heads: int = 2
+    head_dim: int = 16
+    ffn: int = 96
+    expert_ffn: int = 32
+    shared_experts: int = 1
+    vocab: int = 512
+    mtp: int = 1
+    shards: int = 4
+
+    def config(self, dtype: str) -> Hy3Config:
+        if not 0 <= self.dense_layers <= self.layers:
+            raise Hy3Error(f"--dense-layers {self.dense_layers} must be between 0 and --layers {self.layers}")
+        return Hy3Config(
+            vocab_size=self.vocab, hidden_size=self.hidden, intermediate_size=self.ffn,
+            num_layers=self.layers, num_heads=self.heads, num_kv_heads=self.kv_heads, head_dim=self.head_dim,
+            num_experts=self.experts, top_k=self.top_k, moe_ffn=self.expert_ffn,
+            num_shared_experts=self.shared_experts, router_scaling_factor=2.826,
+            layer_types=tuple(["dense"] * self.dense_layers + ["sparse"] * (self.layers - self.dense_layers)),
+            num_mtp_layers=self.mtp, max_position_embeddings=4096, dtype=TORCH_DTYPE_NAMES[dtype],
+            raw={"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0},
+        )
+
+
+def _randomize(model, seed: int) -> None:
+    """Deterministic, well-scaled values for every tensor (norms near 1, a non-zero expert bias)."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, t in sorted(model.state_dict(keep_vars=True).items()):
+            if "norm" in name:
+                val = 1.0 + 0.1 * torch.randn(t.shape, generator=gen)
+            elif "e_score_correction_bias" in name:
+                val = 0.05 * torch.randn(t.shape, generator=gen)
+            elif name.endswith("embed_tokens.weight"):
+                val = torch.randn(t.shape, generator=gen)
+            else:
+                val = torch.randn(t.shape, generator=gen) / math.sqrt(t.shape[-1])
+            t.copy_(val)
+
+
+def _mtp_extras(cfg: Hy3Config, seed: int, dtype) -> dict:
+    import torch
+
+    gen = torch.Generator().manual_seed(seed + 7919)
+    out = {}
+    h = cfg.hidden_size
+    for i in cfg.mtp_layers:
+        p = LAYER.format(i=i)
+        out[p + "eh_proj.weight"] = (torch.randn(h, 2 * h, generator=gen) / math.sqrt(2 * h)).to(dtype)
+        for n in ("enorm.weight", "hnorm.weight", "final_layernorm.weight"):
+            out[p + n] = (1.0 + 0.1 * torch.randn(h, generator=gen)).to(dtype)
+    return out
+
+
+def build_state(cfg: Hy3Config, seed: int, dtype: str = "bf16") -> dict:
+    """All logical (inner-layout) tensors of a random tiny Hy3, saved through transformers."""
+    import torch
+    from safetensors.torch import load_file
+    from transformers import HYV3Config, HYV3ForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    tdtype = {"bf16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16}[dtype]
+    hf = cfg.to_transformers()
+    # The MTP layers are built as extra MoE decoder layers of the same model.
+    hf["num_hidden_layers"] = cfg.num_layers + cfg.num_mtp_layers
+    hf["mlp_layer_types"] = list(cfg.layer_types) + ["sparse"] * cfg.num_mtp_layers
+    torch.manual_seed(seed)
+    model = HYV3ForCausalLM(HYV3Config(**hf))
+    _randomize(model, seed)
+    model = model.to(tdtype)
+    for mod in model.modules():  # the router bias stays fp32, as transformers keeps it
+        if hasattr(mod, "e_score_correction_bias"):
+            mod.e_score_correction_bias.data = mod.e_score_correction_bias.data.float()
+    with tempfile.TemporaryDirectory() as tmp:
+        model.save_pretrained(tmp)
+        state = {}
+        for f in sorted(Path(tmp).glob("*.safetensors")):
+            state.update(load_file(f))
+    state.update(_mtp_extras(cfg, seed, tdtype))
+    want = {t.name for t in logical_tensors(cfg)}
+    if set(state) != want:
+        raise RuntimeError(f"transformers wrote unexpected tensors: {sorted(set(state) ^ want)[:5]}")
+    return state
+
+
+def tensor_bytes(t) -> bytes:
+    import torch
+
+    return t.contiguous().view(-1).view(torch.uint8).numpy().tobytes()
+
+
+def _ordered(cfg: Hy3Config, state: dict, layout: str) -> list[OutTensor]:
+    import torch
+
+    def out(key, t):
+        return OutTensor(key, dtype_name(t.dtype), tuple(t.shape), [tensor_bytes(t)])
+
+    if layout == "inner":
+        return [out(t.name, state[t.name]) for t in logical_tensors(cfg)]
+
+    fused = fused_parts(cfg)
+    tensors, done = [], set()
+    for t in logical_tensors(cfg):
+        if t.expert is None:
+            tensors.append(out(t.outer_key, state[t.name]))
+        elif t.outer_key not in done:
+            done.add(t.outer_key)
+            parts = fused[t.outer_key]
+            per_expert = [torch.cat([state[p.name] for p in parts if p.expert == e], 0) for e in range(cfg.num_experts)]
+            tensors.append(out(t.outer_key, torch.stack(per_expert)))
+    return tensors
+
+
+def _split_points(cfg: Hy3Config, tensors: list[OutTensor], shards: int, layout: str) -> list[int]:
+    """Tensor indices where new shards start: by size, plus one inside the first MoE layer's experts."""
+    total = sum(t.nbytes for t in tensors)
+    points, acc, k = set(), 0, 1
+    for i, t in enumerate(tensors):
+        if k < shards and acc >= total * k / shards:
+            points.add(i)
+            k += 1
+        acc += t.nbytes
+    if layout == "inner" and cfg.moe_layers:
+        mid = LAYER.format(i=cfg.moe_layers[0]) + f"mlp.experts.{cfg.num_experts // 2}.gate_proj.weight"
+        points.add(next(i for i, t in enumerate(tensors) if t.key == mid))
+    return sorted(points)
+
+
+def write_tiny(outdir: str | Path, spec: TinySpec, fmt: str = "inner", seed: int = 0, dtype: str = "bf16",
+               config_style: str = "transformers", tokenizer: bool = True) -> Path:
+    outdir = Path(outdir)
+    if fmt not in ("inner", "outer"):
+        raise Hy3Error(f"--format must be inner or outer, not {fmt!r}")
+    if outdir.exists() and any(outdir.iterdir()):
+        raise Hy3Error(f"{outdir}: exists and is not empty")
+    cfg = spec.config(dtype)
+    state = build_state(cfg, seed, dtype)
+    tensors = _ordered(cfg, state, fmt)
+    points = [0] + _split_points(cfg, tensors, spec.shards, fmt) + [len(tensors)]
+    groups = [tensors[a:b] for a, b in zip(points, points[1:]) if b > a]
+
+    tmp = outdir.with_name(outdir.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    weight_map = {}
+    for n, group in enumerate(groups):
+        name = shard_name(n, len(groups))
+        write_shard(tmp / name, group)
+        weight_map.update({t.key: name for t in group})
+    write_index(tmp, weight_map, sum(t.nbytes for t in tensors))
+    conf = cfg.to_tencent() if config_style == "tencent" else _transformers_config(cfg)
+    (tmp / "config.json").write_text(json.dumps(conf, indent=2) + "\n")
+    (tmp / "generation_config.json").write_text(json.dumps(
+        {"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0, "do_sample": True, "temperature": 0.9}, indent=2) + "\n")
+    if tokenizer:
+        _write_tokenizer(tmp, cfg)
+    if outdir.exists():
+        outdir.rmdir()
+    tmp.rename(outdir)
+    return outdir
+
+
+def _transformers_config(cfg: Hy3Config) -> dict:
+    from transformers import HYV3Config
+
+    d = HYV3Config(**cfg.to_transformers()).to_dict()
+    d["architectures"] = ["HYV3ForCausalLM"]
+    d["dtype"] = cfg.dtype
+    d.pop("transformers_version", None)
+    return d
+
+
+def _write_tokenizer(root: Path, cfg: Hy3Config) -> None:
+    try:
+        from .data.tokenizer import write_standin_tokenizer
+    except ImportError:
+        return
+    write_standin_tokenizer(root, vocab_size=cfg.vocab_size)
+
+
+def tiny_config(**overrides) -> Hy3Config:
+    return replace(TinySpec(), **overrides).config("bf16")
