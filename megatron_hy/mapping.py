@@ -171,3 +171,116 @@ def detect_layout(keys) -> str | None:
     if inner and outer:
         return "mixed"
     return "inner" if inner else "outer" if outer else None
+
+
+# --- Megatron-Core ---------------------------------------------------------------------------
+#
+# Megatron names are the distributed-checkpoint keys of megatron-core's GPTModel with the
+# transformer-engine spec (what `megatron sft` saves and loads). Each row says which logical HF
+# tensors make up the *global* (unsharded) Megatron tensor and how (`op`); how that global tensor
+# is split across TP/EP ranks is Megatron's own business (its sharded_state_dict), except that
+# `tp` records the axis tensor parallelism splits, for LoRA and for checking against Megatron.
+#
+# ops: copy | vocab (rows padded to the padded vocabulary) | qkv (q, k, v interleaved per query
+# group) | glu (gate rows then up rows). Scope "expert" rows hold one expert per index of the
+# leading axis of a [num_experts, ...] tensor.
+
+MCORE_LAYER = "decoder.layers.{i}."
+MCORE_MTP = "mtp.layers.{k}."
+MCORE_MTP_LAYER = "mtp.layers.{k}.transformer_layer."
+
+
+@dataclass(frozen=True)
+class MCoreRow:
+    scope: str
+    mcore: str
+    hf: tuple[str, ...]
+    op: str = "copy"
+    tp: int | None = None
+
+
+MCORE_ROWS: tuple[MCoreRow, ...] = (
+    MCoreRow("model", "embedding.word_embeddings.weight", ("model.embed_tokens.weight",), "vocab", tp=0),
+    MCoreRow("model", "decoder.final_layernorm.weight", ("model.norm.weight",)),
+    MCoreRow("model", "output_layer.weight", ("lm_head.weight",), "vocab", tp=0),
+    MCoreRow("layer", "self_attention.linear_qkv.layer_norm_weight", ("input_layernorm.weight",)),
+    MCoreRow("layer", "self_attention.linear_qkv.weight",
+             ("self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight"), "qkv", tp=0),
+    MCoreRow("layer", "self_attention.q_layernorm.weight", ("self_attn.q_norm.weight",)),
+    MCoreRow("layer", "self_attention.k_layernorm.weight", ("self_attn.k_norm.weight",)),
+    MCoreRow("layer", "self_attention.linear_proj.weight", ("self_attn.o_proj.weight",), tp=1),
+    MCoreRow("dense", "mlp.linear_fc1.layer_norm_weight", ("post_attention_layernorm.weight",)),
+    MCoreRow("dense", "mlp.linear_fc1.weight", ("mlp.gate_proj.weight", "mlp.up_proj.weight"), "glu", tp=0),
+    MCoreRow("dense", "mlp.linear_fc2.weight", ("mlp.down_proj.weight",), tp=1),
+    MCoreRow("moe", "pre_mlp_layernorm.weight", ("post_attention_layernorm.weight",)),
+    MCoreRow("moe", "mlp.router.weight", ("mlp.router.gate.weight",)),
+    MCoreRow("moe", "mlp.router.expert_bias", ("mlp.expert_bias",)),
+    MCoreRow("moe", "mlp.shared_experts.linear_fc1.weight",
+             ("mlp.shared_mlp.gate_proj.weight", "mlp.shared_mlp.up_proj.weight"), "glu", tp=0),
+    MCoreRow("moe", "mlp.shared_experts.linear_fc2.weight", ("mlp.shared_mlp.down_proj.weight",), tp=1),
+    MCoreRow("expert", "mlp.experts.experts.linear_fc1.weight",
+             ("mlp.experts.{e}.gate_proj.weight", "mlp.experts.{e}.up_proj.weight"), "glu", tp=0),
+    MCoreRow("expert", "mlp.experts.experts.linear_fc2.weight", ("mlp.experts.{e}.down_proj.weight",), tp=1),
+    MCoreRow("mtp", "enorm.weight", ("enorm.weight",)),
+    MCoreRow("mtp", "hnorm.weight", ("hnorm.weight",)),
+    MCoreRow("mtp", "eh_proj.weight", ("eh_proj.weight",), tp=0),
+    MCoreRow("mtp", "final_layernorm.weight", ("final_layernorm.weight",)),
+)
+
+
+@dataclass(frozen=True)
+class MCoreTensor:
+    """One global Megatron tensor of a concrete model and the logical HF tensors it is made of."""
+    key: str
+    row: MCoreRow
+    layer: int | None            # HF layer index
+    hf: tuple[str, ...]          # for expert tensors: names for expert 0 (see `sources`)
+    shape: tuple                 # global shape; expert tensors: (num_experts, *per-expert shape)
+
+    @property
+    def experts(self) -> int | None:
+        return self.shape[0] if self.row.scope == "expert" else None
+
+    def sources(self, expert: int | None = None) -> tuple[str, ...]:
+        if self.row.scope != "expert":
+            return self.hf
+        prefix = LAYER.format(i=self.layer)
+        return tuple(prefix + h.format(e=expert) for h in self.row.hf)
+
+
+def mcore_prefix(c: Hy3Config, hf_layer: int, scope: str) -> str:
+    if hf_layer < c.num_layers:
+        return MCORE_LAYER.format(i=hf_layer)
+    k = hf_layer - c.num_layers
+    return MCORE_MTP.format(k=k) if scope == "mtp" else MCORE_MTP_LAYER.format(k=k)
+
+
+def mcore_tensors(c: Hy3Config, padded_vocab: int | None = None) -> list[MCoreTensor]:
+    """Every global Megatron tensor of the model, in a stable order."""
+    shapes = {t.name: t.shape for t in logical_tensors(c)}
+    vocab = padded_vocab or c.vocab_size
+    out: list[MCoreTensor] = []
+
+    def add(row: MCoreRow, key: str, layer, hf: tuple[str, ...]):
+        parts = [shapes[h] for h in hf]
+        if row.op == "vocab":
+            shape = (vocab,) + tuple(parts[0][1:])
+        elif row.op in ("qkv", "glu"):
+            shape = (sum(p[0] for p in parts),) + tuple(parts[0][1:])
+        else:
+            shape = tuple(parts[0])
+        if row.scope == "expert":
+            shape = (c.num_experts,) + shape
+        out.append(MCoreTensor(key, row, layer, hf, shape))
+
+    for row in MCORE_ROWS:
+        if row.scope == "model":
+            add(row, row.mcore, None, row.hf)
+    for i in c.all_hf_layers():
+        scopes = _layer_scopes(c, i)
+        prefix = LAYER.format(i=i)
+        for row in MCORE_ROWS:
+            if row.scope in scopes or (row.scope == "expert" and "moe" in scopes):
+                hf = tuple(prefix + h.format(e=0) for h in row.hf)
+                add(row, mcore_prefix(c, i, row.scope) + row.mcore, i, hf)
+    return out

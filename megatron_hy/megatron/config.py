@@ -1,0 +1,148 @@
+"""Hy3 HF config <-> megatron-core TransformerConfig arguments and Megatron command-line flags.
+
+Hy3's MoE, in Megatron terms: sigmoid router scores, expert chosen by score + expert bias, the
+chosen scores normalized and scaled by `router_scaling_factor` (2.826), router in fp32, one
+shared expert, dense-first layers through `moe_layer_freq`, q/k RMSNorm, RoPE, GQA, untied
+embeddings, and MTP layers. The expert bias is frozen for SFT (update rate 0) and there is no
+auxiliary loss.
+"""
+
+from __future__ import annotations
+
+import math
+
+from ..config import Hy3Config, config_from_dict
+from ..errors import Hy3Error
+
+
+def check_supported(cfg: Hy3Config) -> None:
+    if cfg.top_k == 1:
+        # megatron-core 0.16 topk_routing_with_score_function: `probs = scores / sum if topk > 1 else scores`,
+        # so a lone expert keeps its raw sigmoid score, while Hy3 (transformers hy_v3) normalizes it to 1.
+        raise Hy3Error("num_experts_per_tok is 1: Megatron-Core's sigmoid router does not normalize a single "
+                       "expert's weight (it keeps sigmoid(score)), while Hy3 normalizes it to 1 before scaling; "
+                       "the Megatron model would compute something else. Use top-k >= 2.")
+
+
+def transformer_config_kwargs(cfg: Hy3Config) -> dict:
+    """Arguments for megatron.core.transformer.TransformerConfig describing this Hy3 model."""
+    import torch.nn.functional as F
+
+    check_supported(cfg)
+    kw = dict(
+        num_layers=cfg.num_layers,
+        hidden_size=cfg.hidden_size,
+        ffn_hidden_size=cfg.intermediate_size,
+        num_attention_heads=cfg.num_heads,
+        num_query_groups=cfg.num_kv_heads,
+        kv_channels=cfg.head_dim,
+        normalization="RMSNorm",
+        layernorm_epsilon=cfg.rms_norm_eps,
+        qk_layernorm=True,
+        add_bias_linear=False,
+        add_qkv_bias=False,
+        gated_linear_unit=True,
+        activation_func=F.silu,
+        hidden_dropout=0.0,
+        attention_dropout=0.0,
+        num_moe_experts=cfg.num_experts,
+        moe_ffn_hidden_size=cfg.moe_ffn,
+        moe_shared_expert_intermediate_size=cfg.shared_ffn,
+        moe_router_topk=cfg.top_k,
+        moe_router_score_function="sigmoid",
+        moe_router_enable_expert_bias=True,
+        moe_router_bias_update_rate=0.0,
+        moe_router_topk_scaling_factor=cfg.router_scaling_factor,
+        moe_router_dtype="fp32",
+        moe_router_load_balancing_type="none",
+        moe_aux_loss_coeff=0.0,
+        moe_layer_freq=[1 if t == "sparse" else 0 for t in cfg.layer_types],
+    )
+    if cfg.num_mtp_layers:
+        kw["mtp_num_layers"] = cfg.num_mtp_layers
+    return kw
+
+
+def gpt_model_kwargs(cfg: Hy3Config, padded_vocab: int | None = None) -> dict:
+    """Arguments for megatron.core.models.gpt.GPTModel besides config and specs."""
+    return dict(
+        vocab_size=padded_vocab or cfg.vocab_size,
+        max_sequence_length=cfg.max_position_embeddings,
+        position_embedding_type="rope",
+        rotary_base=cfg.rope_theta,
+        rotary_percent=1.0,
+        share_embeddings_and_output_weights=cfg.tie_word_embeddings,
+    )
+
+
+def padded_vocab_size(vocab: int, tp: int = 1, divisible_by: int = 1) -> int:
+    """Smallest multiple of divisible_by * tp that holds the vocabulary (Megatron pads the embedding)."""
+    step = max(1, divisible_by) * max(1, tp)
+    return int(math.ceil(vocab / step) * step)
+
+
+def config_from_transformer(kw: dict, vocab_size: int, **extra) -> Hy3Config:
+    """The inverse of transformer_config_kwargs (+ the GPTModel vocab): a Hy3Config."""
+    freq = kw["moe_layer_freq"]
+    if isinstance(freq, int):
+        freq = [1 if i % freq == 0 else 0 for i in range(kw["num_layers"])]
+    d = {
+        "model_type": "hy_v3",
+        "vocab_size": vocab_size,
+        "hidden_size": kw["hidden_size"],
+        "intermediate_size": kw["ffn_hidden_size"],
+        "num_hidden_layers": kw["num_layers"],
+        "num_attention_heads": kw["num_attention_heads"],
+        "num_key_value_heads": kw.get("num_query_groups") or kw["num_attention_heads"],
+        "head_dim": kw.get("kv_channels") or kw["hidden_size"] // kw["num_attention_heads"],
+        "num_experts": kw["num_moe_experts"],
+        "num_experts_per_tok": kw["moe_router_topk"],
+        "moe_intermediate_size": kw["moe_ffn_hidden_size"],
+        "num_shared_experts": kw["moe_shared_expert_intermediate_size"] // kw["moe_ffn_hidden_size"],
+        "router_scaling_factor": kw["moe_router_topk_scaling_factor"],
+        "mlp_layer_types": ["sparse" if f else "dense" for f in freq],
+        "rms_norm_eps": kw["layernorm_epsilon"],
+        "num_nextn_predict_layers": kw.get("mtp_num_layers") or 0,
+    }
+    d.update(extra)
+    return config_from_dict(d, "megatron config")
+
+
+def megatron_lm_flags(cfg: Hy3Config) -> list[str]:
+    """Megatron-LM command-line flags for this model (pretrain_gpt.py and friends)."""
+    check_supported(cfg)
+    k = cfg.first_k_dense
+    if cfg.layer_types != tuple(["dense"] * k + ["sparse"] * (cfg.num_layers - k)):
+        freq = "[" + ",".join("1" if t == "sparse" else "0" for t in cfg.layer_types) + "]"
+    else:
+        freq = f"([0]*{k}+[1]*{cfg.num_layers - k})"
+    flags = [
+        f"--num-layers {cfg.num_layers}", f"--hidden-size {cfg.hidden_size}",
+        f"--ffn-hidden-size {cfg.intermediate_size}", f"--num-attention-heads {cfg.num_heads}",
+        "--group-query-attention", f"--num-query-groups {cfg.num_kv_heads}", f"--kv-channels {cfg.head_dim}",
+        "--normalization RMSNorm", f"--norm-epsilon {cfg.rms_norm_eps}", "--qk-layernorm",
+        "--disable-bias-linear", "--swiglu", "--position-embedding-type rope", f"--rotary-base {int(cfg.rope_theta)}",
+        f"--max-position-embeddings {cfg.max_position_embeddings}", f"--vocab-size {cfg.vocab_size}",
+        f"--num-experts {cfg.num_experts}", f"--moe-ffn-hidden-size {cfg.moe_ffn}",
+        f"--moe-shared-expert-intermediate-size {cfg.shared_ffn}", f"--moe-router-topk {cfg.top_k}",
+        "--moe-router-score-function sigmoid", "--moe-router-enable-expert-bias",
+        "--moe-router-bias-update-rate 0", f"--moe-router-topk-scaling-factor {cfg.router_scaling_factor}",
+        "--moe-router-dtype fp32", "--moe-router-load-balancing-type none", "--moe-aux-loss-coeff 0",
+        f"--moe-layer-freq '{freq}'",
+    ]
+    if not cfg.tie_word_embeddings:
+        flags.append("--untie-embeddings-and-output-weights")
+    if cfg.num_mtp_layers:
+        flags.append(f"--mtp-num-layers {cfg.num_mtp_layers}")
+    return flags
+
+
+def swift_flags(cfg: Hy3Config) -> list[str]:
+    """`megatron sft` flags that pin Hy3's MoE training behaviour (ms-swift reads the architecture
+    itself from config.json through mcore-bridge)."""
+    check_supported(cfg)
+    flags = ["--moe_router_dtype fp32", "--moe_aux_loss_coeff 0", "--moe_grouped_gemm true",
+             "--moe_token_dispatcher_type alltoall", "--moe_router_bias_update_rate 0"]
+    if cfg.num_mtp_layers:
+        flags.append(f"--mtp_num_layers {cfg.num_mtp_layers}")
+    return flags

@@ -1,0 +1,205 @@
+"""Real megatron-core on a CPU: N gloo processes, Megatron's own parallel state, and the few shims
+its CUDA-only calls need. Used by parity checks, tests and the offline converters; never on GPU.
+
+Every shim below names the megatron-core 0.16 call that needs it. They are applied only inside
+processes started here (`run_distributed`) or by `apply_cpu_shims()` in a CPU-only process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import socket
+import traceback
+from typing import Any, Callable
+
+from ..errors import Hy3Error
+
+# TransformerConfig settings for CPU: no fused CUDA kernels, params built on the CPU in fp32, and
+# the allgather token dispatcher (alltoall needs CUDA-side permutation kernels on 0.16).
+CPU_CONFIG = dict(
+    use_cpu_initialization=True,
+    gradient_accumulation_fusion=False,
+    moe_token_dispatcher_type="allgather",
+    moe_grouped_gemm=False,
+    bias_activation_fusion=False,
+    bias_dropout_fusion=False,
+    apply_rope_fusion=False,
+    masked_softmax_fusion=False,
+    persist_layer_norm=False,
+    bf16=False,
+    fp16=False,
+)
+
+_applied = False
+
+
+def apply_cpu_shims() -> None:
+    global _applied
+    if _applied:
+        return
+    _applied = True
+    import torch
+    import torch.distributed as dist
+
+    # 1. torch.cuda.current_device(): TopKRouter allocates expert_bias / token counters on it,
+    #    p2p_communication allocates pipeline receive buffers on it, RotaryEmbedding moves inv_freq to it.
+    torch.cuda.current_device = lambda: "cpu"
+
+    # 2. LanguageModule.setup_embeddings_and_output_layer calls weight.data.cuda() before all-reducing
+    #    the embedding copy between the first and last pipeline stages (PP > 1 with MTP or tied weights).
+    torch.Tensor.cuda = lambda self, *args, **kwargs: self
+
+    # 3. moe_utils references te_general_gemm at import when transformer_engine is absent.
+    import megatron.core.transformer.moe.moe_utils as moe_utils
+    if not hasattr(moe_utils, "te_general_gemm"):
+        moe_utils.te_general_gemm = None
+
+    # 4. CudaRNGStatesTracker.fork() (DotProductAttention dropout, MTP with sequence parallel) swaps
+    #    CUDA RNG states; on CPU with dropout 0 a no-op context is equivalent.
+    from megatron.core.tensor_parallel import random as mrandom
+
+    class _CpuTracker(mrandom.CudaRNGStatesTracker):
+        @contextlib.contextmanager
+        def fork(self, name=None):
+            yield
+
+        def add(self, name, seed):
+            pass
+
+    mrandom._CUDA_RNG_STATE_TRACKER = _CpuTracker()
+    mrandom._CUDA_RNG_STATE_TRACKER_INITIALIZED = True
+
+    # 5. tensor_parallel.mappings gathers with all_gather_into_tensor and scatters with
+    #    reduce_scatter_tensor (TP logits gather, MoE allgather dispatcher); gloo has neither.
+    from megatron.core.tensor_parallel import mappings
+
+    def all_gather_into(output, input_, group=None, async_op=False):
+        n = dist.get_world_size(group)
+        parts = list(output.chunk(n, 0))
+        dist.all_gather(parts, input_.contiguous(), group=group)
+        for dst, src in zip(output.chunk(n, 0), parts):
+            if dst.data_ptr() != src.data_ptr():
+                dst.copy_(src)
+
+    def reduce_scatter_into(output, input_, op=dist.ReduceOp.SUM, group=None, async_op=False):
+        full = input_.clone()
+        dist.all_reduce(full, op=op, group=group)
+        output.copy_(full.chunk(dist.get_world_size(group), 0)[dist.get_rank(group)])
+
+    mappings.dist_all_gather_func = all_gather_into
+    mappings.dist_reduce_scatter_func = reduce_scatter_into
+
+
+def causal_mask(seq: int):
+    """Explicit causal mask (True = masked): GPTModel's default mask is built on device 'cuda'."""
+    import torch
+
+    return torch.triu(torch.ones(1, 1, seq, seq, dtype=torch.bool), diagonal=1)
+
+
+def init_parallel(tp: int = 1, pp: int = 1, ep: int = 1, etp: int | None = None, vpp: int | None = None) -> None:
+    from megatron.core import parallel_state as ps
+
+    ps.initialize_model_parallel(
+        tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp,
+        virtual_pipeline_model_parallel_size=vpp,
+        expert_model_parallel_size=ep, expert_tensor_parallel_size=etp if etp is not None else tp)
+
+
+def parallel_config(tp: int = 1, pp: int = 1, ep: int = 1, etp: int | None = None, vpp: int | None = None) -> dict:
+    """The TransformerConfig fields that must agree with the initialized parallel state."""
+    return dict(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp,
+                virtual_pipeline_model_parallel_size=vpp, expert_model_parallel_size=ep,
+                expert_tensor_parallel_size=etp if etp is not None else tp, sequence_parallel=False)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _child(rank: int, world: int, port: int, fn: Callable, args: tuple, queue) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank), CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1",
+                      TRANSFORMERS_VERBOSITY="error", TOKENIZERS_PARALLELISM="false")
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    try:
+        import torch
+        import torch.distributed as dist
+
+        torch.set_num_threads(1)
+        apply_cpu_shims()
+        dist.init_process_group("gloo", rank=rank, world_size=world)
+        result = fn(rank, world, *args)
+        # Plain bytes: tensors put on a Queue travel as shared-memory handles that die with this process.
+        buf = io.BytesIO()
+        torch.save(result, buf)
+        queue.put((rank, "ok", buf.getvalue()))
+    except Hy3Error as e:
+        queue.put((rank, "user", str(e)))
+    except BaseException:
+        queue.put((rank, "error", traceback.format_exc()))
+    finally:
+        try:
+            import torch.distributed as dist
+
+            if dist.is_initialized():
+                dist.destroy_process_group()
+        except Exception:
+            pass
+
+
+def run_distributed(fn: Callable, world: int, *args, timeout: float = 900) -> list[Any]:
+    """Run fn(rank, world, *args) in `world` fresh processes over gloo; return each rank's result.
+
+    fn must be importable (a module-level function) and its result picklable. A failure on any rank
+    raises with that rank's traceback (or its one-line message for a Hy3Error).
+    """
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    port = _free_port()
+    procs = [ctx.Process(target=_child, args=(r, world, port, fn, args, queue), daemon=True) for r in range(world)]
+    for p in procs:
+        p.start()
+    results: dict[int, Any] = {}
+    failure = None
+    try:
+        import queue as queue_mod
+
+        import time
+
+        deadline = time.monotonic() + timeout
+        while len(results) < world and failure is None:
+            try:
+                rank, status, payload = queue.get(timeout=1.0)
+            except queue_mod.Empty:
+                dead = [r for r, p in enumerate(procs) if r not in results and not p.is_alive()]
+                if dead:
+                    failure = ("error", f"rank {dead[0]}: process died with exit code {procs[dead[0]].exitcode}")
+                elif time.monotonic() > deadline:
+                    failure = ("error", f"timed out after {timeout}s waiting for ranks {sorted(set(range(world)) - set(results))}")
+                continue
+            if status == "ok":
+                import torch
+
+                results[rank] = torch.load(io.BytesIO(payload), weights_only=False)
+            else:
+                failure = (status, f"rank {rank}: {payload}")
+    finally:
+        for p in procs:
+            p.join(timeout=5 if failure else 60)
+            if p.is_alive():
+                p.kill()
+    if failure:
+        kind, msg = failure
+        if kind == "user":
+            raise Hy3Error(msg)
+        raise RuntimeError(f"distributed Megatron run failed on {msg}")
+    return [results[r] for r in range(world)]

@@ -1,0 +1,165 @@
+"""Move weights between HF Hy3 tensors and a live Megatron model, through Megatron's own sharding.
+
+The mapping table says what each *global* Megatron tensor is made of. Which piece of it this
+rank holds (TP/EP/ETP/PP, vocab padding, gate/up halves) comes from the model's
+`sharded_state_dict()`: each ShardedTensor carries its key, global shape and offset, and its data
+is a view of the live parameter. So loading writes straight into the parameters, and exporting
+reads straight out of them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+from ..config import Hy3Config
+from ..errors import Hy3Error
+from ..mapping import MCoreTensor, mcore_tensors
+from ..transforms import from_mcore, to_mcore
+
+
+def sharded_tensors(sharded_state_dict) -> Iterator:
+    """Every ShardedTensor in a (nested) sharded state dict, building factories (GLU halves)."""
+    from megatron.core.dist_checkpointing.mapping import ShardedObject, ShardedTensor, ShardedTensorFactory
+
+    stack = [sharded_state_dict]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            stack.extend(reversed(list(node.values())))
+        elif isinstance(node, (list, tuple)):
+            stack.extend(reversed(list(node)))
+        elif isinstance(node, ShardedTensorFactory):
+            stack.append(node.build())
+        elif isinstance(node, ShardedTensor):
+            yield node
+        elif isinstance(node, ShardedObject) or node is None:
+            continue
+
+
+def model_sharded_state_dict(model) -> dict:
+    """model.sharded_state_dict() with the metadata ms-swift's checkpointing passes."""
+    from megatron.core import parallel_state as ps
+
+    meta = {"singleton_local_shards": False, "dp_cp_group": ps.get_data_parallel_group(with_context_parallel=True)}
+    return model.sharded_state_dict(metadata=meta)
+
+
+def local_region(st) -> tuple[tuple[int, ...], tuple]:
+    """(indices of the prepended axes, slices of the remaining axes) of a ShardedTensor's data."""
+    n = st.prepend_axis_num
+    pre = tuple(st.global_offset[:n])
+    slices = tuple(slice(o, o + s) for o, s in zip(st.global_offset[n:], st.local_shape))
+    return pre, slices
+
+
+def covered_keys(model) -> set[str]:
+    return {st.key for st in sharded_tensors(model_sharded_state_dict(model))}
+
+
+def load_into_model(model, cfg: Hy3Config, read: Callable[[str], "object"], padded_vocab: int | None = None) -> int:
+    """Fill every parameter and buffer of a Megatron Hy3 model from HF logical tensors.
+
+    read(name) returns a logical HF tensor. Returns the number of ShardedTensors filled.
+    A Megatron tensor the mapping does not cover fails loudly, naming its key.
+    """
+    import torch
+
+    table = {t.key: t for t in mcore_tensors(cfg, padded_vocab)}
+    cache: dict = {}
+    filled = 0
+    with torch.no_grad():
+        for st in sharded_tensors(model_sharded_state_dict(model)):
+            t = table.get(st.key)
+            if t is None:
+                raise Hy3Error(f"Megatron model tensor {st.key} is not covered by the Hy3 mapping table")
+            if st.flattened_range is not None:
+                raise Hy3Error(f"{st.key}: flattened (optimizer) shards are not model weights")
+            pre, slices = local_region(st)
+            if t.experts is not None:
+                if len(pre) != 1:
+                    raise Hy3Error(f"{st.key}: expected one expert axis, got offsets {st.global_offset}")
+                piece = to_mcore(t.row.op, [read(n) for n in t.sources(pre[0])], cfg)
+            else:
+                if pre:
+                    raise Hy3Error(f"{st.key}: unexpected stacked axes {pre}")
+                if st.key not in cache:
+                    cache = {st.key: to_mcore(t.row.op, [read(n) for n in t.hf], cfg, rows=t.shape[0])}
+                piece = cache[st.key]
+            if tuple(piece.shape) != tuple(t.shape[1:] if t.experts is not None else t.shape):
+                raise Hy3Error(f"{st.key}: built shape {list(piece.shape)}, Megatron expects {list(t.shape)}")
+            st.data.copy_(piece[slices].to(st.data.dtype))
+            filled += 1
+    return filled
+
+
+@dataclass
+class Piece:
+    key: str
+    global_shape: tuple
+    prepend: tuple
+    slices: tuple
+    data: object  # a CPU tensor
+
+
+def export_pieces(model, owner_only: bool = True) -> list[Piece]:
+    """The pieces of global tensors this rank holds (for gathering on one process).
+
+    owner_only keeps only replica 0 of each piece, so every byte is exported once across ranks.
+    """
+    out = []
+    for st in sharded_tensors(model_sharded_state_dict(model)):
+        replica = st.replica_id if isinstance(st.replica_id, tuple) else (st.replica_id,)
+        if owner_only and any(r != 0 for r in replica):
+            continue
+        pre, slices = local_region(st)
+        out.append(Piece(st.key, tuple(st.global_shape), pre,
+                         tuple((s.start, s.stop) for s in slices), st.data.detach().clone().cpu()))
+    return out
+
+
+def assemble_hf(pieces: list[Piece], cfg: Hy3Config, padded_vocab: int | None, dtypes: dict[str, "object"]) -> dict:
+    """Global tensors from all ranks' pieces, split back into logical HF tensors (in their dtypes)."""
+    import torch
+
+    from ..mapping import logical_tensors
+
+    shapes = {t.name: t.shape for t in logical_tensors(cfg)}
+    table = {t.key: t for t in mcore_tensors(cfg, padded_vocab)}
+    globals_: dict[str, torch.Tensor] = {}
+    covered: dict[str, torch.Tensor] = {}
+    for p in pieces:
+        if p.key not in table:
+            raise Hy3Error(f"Megatron tensor {p.key} is not covered by the Hy3 mapping table")
+        if p.key not in globals_:
+            globals_[p.key] = torch.zeros(p.global_shape, dtype=p.data.dtype)
+            covered[p.key] = torch.zeros(p.global_shape, dtype=torch.bool)
+        region = tuple(p.prepend) + tuple(slice(a, b) for a, b in p.slices)
+        globals_[p.key][region] = p.data
+        covered[p.key][region] = True
+    out = {}
+    for key, t in table.items():
+        g = globals_.get(key)
+        if g is None:
+            raise Hy3Error(f"no rank exported {key}")
+        if not bool(covered[key].all()):
+            raise Hy3Error(f"{key}: parts of the global tensor were not exported by any rank")
+        units = [(e, g[e]) for e in range(t.experts)] if t.experts is not None else [(None, g)]
+        for e, tensor in units:
+            names = t.sources(e)
+            for name, part in zip(names, from_mcore(t.row.op, tensor, [shapes[n] for n in names], cfg)):
+                out[name] = part.to(dtypes[name]).contiguous()
+    return out
+
+
+def check_covered(cfg: Hy3Config, keys: set[str], padded_vocab: int | None = None) -> None:
+    """Every table entry must exist in the model and vice versa (on a model holding all stages)."""
+    table = {t.key for t in mcore_tensors(cfg, padded_vocab)}
+    extra, missing = sorted(keys - table), sorted(table - keys)
+    if extra:
+        raise Hy3Error(f"Megatron model tensor {extra[0]} is not covered by the Hy3 mapping table")
+    if missing:
+        raise Hy3Error(f"mapping table entry {missing[0]} does not exist in the Megatron model")
+
+
+__all__ = ["sharded_tensors", "load_into_model", "export_pieces", "assemble_hf", "check_covered", "MCoreTensor"]
