@@ -55,11 +55,23 @@ def step_check(ctx: dict) -> str:
     return "hy3 check: both layouts clean (keys, shapes, dtypes, index, NaN/Inf in every shard)"
 
 
+def step_parity(ctx: dict) -> str:
+    from .megatron.parity import run_parity
+
+    results, _ = run_parity(ctx["inner"], [("hf", ctx["inner"]), ("hf", ctx["outer"])], tp=2, ep=2)
+    worst = max(results, key=lambda r: max(r.max_rel_err, r.mtp_max_rel_err or 0))
+    if not all(r.passed for r in results):
+        raise Hy3Error(f"Megatron logits differ from transformers: max rel error {worst.max_rel_err:.2e}")
+    return (f"megatron-core GPTModel under {results[0].layout} (4 CPU processes) vs transformers, both layouts: "
+            f"logits rel err {worst.max_rel_err:.1e}, MTP {worst.mtp_max_rel_err:.1e} (tolerance 1e-5)")
+
+
 STEPS: list[tuple[str, Callable[[dict], str]]] = [
     ("make tiny Hy3", step_make_tiny),
     ("convert inner -> outer", step_inner_to_outer),
     ("convert outer -> inner", step_outer_to_inner),
     ("check", step_check),
+    ("parity: Megatron vs HF", step_parity),
 ]
 
 

@@ -137,12 +137,35 @@ def megatron_lm_flags(cfg: Hy3Config) -> list[str]:
     return flags
 
 
-def swift_flags(cfg: Hy3Config) -> list[str]:
-    """`megatron sft` flags that pin Hy3's MoE training behaviour (ms-swift reads the architecture
-    itself from config.json through mcore-bridge)."""
+def swift_moe_settings(cfg: Hy3Config) -> dict:
+    """`megatron sft` arguments (ms-swift 4.6 names) that pin Hy3's MoE training behaviour.
+
+    ms-swift reads the architecture from config.json through mcore-bridge, which takes the sigmoid
+    router and expert bias from it but defaults the bias update rate to 1e-3 and the load
+    balancing to an aux loss; megatron-core fields that `megatron sft` has no flag for travel in
+    `megatron_extra_kwargs`. Every recipe carries these settings.
+    """
     check_supported(cfg)
-    flags = ["--moe_router_dtype fp32", "--moe_aux_loss_coeff 0", "--moe_grouped_gemm true",
-             "--moe_token_dispatcher_type alltoall", "--moe_router_bias_update_rate 0"]
+    settings = {
+        "moe_router_load_balancing_type": "none",
+        "moe_aux_loss_coeff": 0.0,
+        "megatron_extra_kwargs": {"moe_router_score_function": "sigmoid", "moe_router_enable_expert_bias": True,
+                                  "moe_router_bias_update_rate": 0.0},
+        "moe_router_dtype": "fp32",
+        "moe_grouped_gemm": True,
+        "moe_token_dispatcher_type": "alltoall",
+    }
     if cfg.num_mtp_layers:
-        flags.append(f"--mtp_num_layers {cfg.num_mtp_layers}")
+        settings["mtp_num_layers"] = cfg.num_mtp_layers
+    return settings
+
+
+def swift_flags(cfg: Hy3Config) -> list[str]:
+    from ..plan.recipe import to_cli
+
+    args = to_cli(swift_moe_settings(cfg))
+    flags, i = [], 0
+    while i < len(args):
+        flags.append(f"{args[i]} '{args[i + 1]}'" if args[i + 1].startswith("{") else f"{args[i]} {args[i + 1]}")
+        i += 2
     return flags

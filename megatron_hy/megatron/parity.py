@@ -85,7 +85,7 @@ def _rank_main(rank: int, world: int, job: ParityJob) -> dict:
     from ..hf_checkpoint import HFCheckpoint
     from .harness import CPU_CONFIG, init_parallel, parallel_config
     from .model import build_gpt_model, make_transformer_config
-    from .weights import export_pieces, load_into_model
+    from .weights import check_tp_axes, export_pieces, load_into_model
 
     lay = job.layout
     init_parallel(lay.tp, lay.pp, lay.ep, lay.etp)
@@ -94,6 +94,7 @@ def _rank_main(rank: int, world: int, job: ParityJob) -> dict:
                  **parallel_config(lay.tp, lay.pp, lay.ep, lay.etp))
     model = build_gpt_model(cfg, make_transformer_config(cfg, **extra), padded_vocab=job.padded_vocab, use_te=False)
     model.eval()
+    check_tp_axes(model, cfg, job.padded_vocab)
     owner = (ps.is_pipeline_last_stage() and ps.get_tensor_model_parallel_rank() == 0
              and ps.get_data_parallel_rank() == 0)
     tokens = torch.tensor(job.tokens, dtype=torch.long)
@@ -195,6 +196,7 @@ def run_parity(config_dir: str | Path, sources: list, tp=1, pp=1, ep=1, etp=None
     """Load each source into the Megatron Hy3 model under this layout and compare its logits with
     transformers on `reference` (default: config_dir). Returns (one result per source, raw rank outputs)."""
     from ..config import load_config
+    from ..hf_checkpoint import HFCheckpoint
     from ..reference import reference_logits
     from .config import check_supported, padded_vocab_size
     from .harness import run_distributed
@@ -202,6 +204,9 @@ def run_parity(config_dir: str | Path, sources: list, tp=1, pp=1, ep=1, etp=None
     cfg = load_config(config_dir)
     check_supported(cfg)
     lay = make_layout(tp, pp, ep, etp, cfg)
+    for kind, path in sources:  # fail here, in one line, before starting any process
+        if kind == "hf":
+            HFCheckpoint(path)
     ids = random_tokens(cfg.vocab_size, batch, tokens, seed)
     job = ParityJob(str(config_dir), [(k, str(p)) for k, p in sources], lay, ids.tolist(),
                     padded_vocab_size(cfg.vocab_size, lay.tp), export)

@@ -152,6 +152,26 @@ def assemble_hf(pieces: list[Piece], cfg: Hy3Config, padded_vocab: int | None, d
     return out
 
 
+def check_tp_axes(model, cfg: Hy3Config, padded_vocab: int | None = None) -> int:
+    """The table's `tp` column must name the axis Megatron's own sharding splits. Returns tensors checked."""
+    from megatron.core import parallel_state as ps
+
+    table = {t.key: t for t in mcore_tensors(cfg, padded_vocab)}
+    tp, etp = ps.get_tensor_model_parallel_world_size(), ps.get_expert_tensor_parallel_world_size()
+    checked = 0
+    for st in sharded_tensors(model_sharded_state_dict(model)):
+        t = table[st.key]
+        size = etp if t.experts is not None else tp
+        split = [i for i, f in enumerate(st.axis_fragmentations[st.prepend_axis_num:]) if f > 1]
+        # GLU weights are saved as two halves (gate, up), so their axis 0 is fragmented even at TP 1.
+        want = [t.row.tp] if t.row.tp is not None and (size > 1 or t.row.op == "glu") else []
+        if split != want:
+            raise Hy3Error(f"{st.key}: the mapping table says tensor parallelism splits axis {t.row.tp}, "
+                           f"Megatron splits axes {split}")
+        checked += 1
+    return checked
+
+
 def check_covered(cfg: Hy3Config, keys: set[str], padded_vocab: int | None = None) -> None:
     """Every table entry must exist in the model and vice versa (on a model holding all stages)."""
     table = {t.key for t in mcore_tensors(cfg, padded_vocab)}
