@@ -1,0 +1,92 @@
+"""`hy3 launch RECIPE`: run `megatron sft` (or `megatron export`) for a recipe on one node or many."""
+
+from __future__ import annotations
+
+from .plan import add_cluster_args
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "launch", help="run megatron sft for a recipe on one node or many (checked by the planner first)",
+        description="Build the exact `megatron sft` command and environment for every node of a recipe, check the "
+                    "recipe with `hy3 plan` first, and run this node's share (or print every node's command with "
+                    "--dry-run). Nodes come from IP_LIST (rank = position of this machine's address; no SSH: run the "
+                    "same command on every node), from NNODES/NODE_RANK/MASTER_ADDR, or from Slurm (srun, one task "
+                    "per node). NCCL settings: see megatron_hy/launch.py, NCCL_ENV; the recipe's `env:` adds to them.")
+    p.add_argument("recipe", metavar="RECIPE", help="recipe YAML (see recipes/)")
+    p.add_argument("--model", metavar="HF_DIR",
+                   help="Hy3 checkpoint in the published (inner) layout: config, tokenizer and, without --mcore-model, "
+                        "the weights (read through mcore-bridge) -> --model")
+    p.add_argument("--mcore-model", metavar="DIR",
+                   help="Megatron-Core checkpoint to start from (from `hy3 convert hf-to-mcore`) -> --mcore_model")
+    p.add_argument("--mcore-adapter", metavar="DIR", help="LoRA adapter checkpoint (resume, or export) -> --mcore_adapter")
+    p.add_argument("--dataset", nargs="+", metavar="DATA", help="training data: jsonl files or dataset ids -> --dataset")
+    p.add_argument("--output-dir", metavar="DIR",
+                   help="where checkpoints go; must be the same shared path on every node -> --output_dir")
+    p.add_argument("--export", choices=("to-hf", "to-mcore"),
+                   help="run `megatron export --to_hf/--to_mcore` with the recipe's parallel sizes instead of training")
+    p.add_argument("--launcher", choices=("auto", "single", "ip-list", "env", "slurm"), default="auto",
+                   help="where the node list comes from (default auto: IP_LIST, then Slurm, then one node, then "
+                        "NNODES/MASTER_ADDR)")
+    p.add_argument("--ip-list", metavar="IP1,IP2,...", help="node addresses, master first (default: $IP_LIST)")
+    p.add_argument("--master-port", type=int, metavar="PORT",
+                   help="rendezvous port on the master (default: $MASTER_PORT or 29500)")
+    p.add_argument("--dry-run", action="store_true", help="print every node's command and environment; run nothing")
+    p.add_argument("--skip-plan", action="store_true",
+                   help="launch even when `hy3 plan` says the layout is invalid or does not fit")
+    add_cluster_args(p)
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    import os
+    import shutil
+    import sys
+
+    from ..config import load_config
+    from ..errors import Hy3Error
+    from ..launch import format_dry_run, megatron_argv, node_commands, resolve_cluster
+    from ..plan import format_plan, load_recipe, plan_recipe, with_overrides
+    from ..plan.swift_args import check_args
+
+    recipe = with_overrides(load_recipe(args.recipe), args.set, args.nodes, args.gpus_per_node, args.gpu_mem)
+    paths = {"model": args.model, "mcore_model": args.mcore_model, "mcore_adapter": args.mcore_adapter,
+             "dataset": args.dataset, "output_dir": args.output_dir}
+    argv = megatron_argv(recipe, paths, args.export)
+    command = "export" if args.export else "sft"
+    flags = dict(recipe.args, **{k: v for k, v in paths.items() if v})
+    if args.export:
+        problems = check_args({k: v for k, v in paths.items() if v}, "export", where="hy3 launch")
+        if not args.mcore_model and not args.model:
+            problems.append("--export needs --mcore-model (to-hf) or --model (to-mcore)")
+    else:
+        problems = check_args(flags, "sft", where=f"{recipe.path}: args", lines=recipe.lines)
+        if not flags.get("model"):
+            problems.append("no model: pass --model HF_DIR (config and tokenizer are read from it)")
+        if not flags.get("dataset"):
+            problems.append("no training data: pass --dataset FILE.jsonl (or set dataset in the recipe)")
+    if problems:
+        raise Hy3Error(f"`megatron {command}` would reject this: " + "; ".join(problems))
+
+    if not args.export and not args.skip_plan:
+        cfg = load_config(args.hf_config) if args.hf_config else None
+        plan = plan_recipe(recipe, cfg)
+        if not plan.ok:
+            print(format_plan(plan), file=sys.stderr)
+            raise Hy3Error(f"{recipe.path}: {plan.verdict}; fix the recipe (see the plan above) or pass --skip-plan")
+
+    cluster = resolve_cluster(args.launcher, recipe.cluster.nodes, dict(os.environ), args.ip_list, args.master_port)
+    cmds = node_commands(recipe, cluster, argv)
+    if args.dry_run:
+        print(format_dry_run(cmds))
+        return 0
+    if cluster.this_rank is None:
+        raise Hy3Error(f"cannot tell which node this is among {', '.join(h for h in cluster.hosts if h)}: "
+                       f"set LOCAL_IP or NODE_RANK")
+    if not shutil.which(argv[0]):
+        raise Hy3Error(f"`{argv[0]}` is not on PATH; install ms-swift (see Dockerfile) on every node")
+    mine = cmds[cluster.this_rank]
+    print(f"hy3 launch: node {mine.rank} of {len(cmds)}\n{mine.shell()}", file=sys.stderr, flush=True)
+    env = dict(os.environ, **mine.env)
+    os.execvpe(mine.argv[0], mine.argv, env)
+    return 0  # not reached

@@ -1,0 +1,220 @@
+"""Build the exact `megatron sft` / `megatron export` command and environment for every node.
+
+ms-swift's `megatron` entry point re-launches itself under `torch.distributed.run` when NPROC_PER_NODE
+or NNODES is set, turning NPROC_PER_NODE, NNODES, NODE_RANK, MASTER_ADDR and MASTER_PORT into the
+matching torchrun flags (swift/cli/main.py). So a node's command is those variables plus
+`megatron sft --flag value ...`; every node runs the same command with its own NODE_RANK.
+
+Where the node list comes from:
+  single  one node: NPROC_PER_NODE only
+  ip-list IP_LIST="ip1,ip2,..." as in Tencent's Hy3 guide; the first address is the master, this node's
+          rank is the position of its own address (LOCAL_IP, or found on the machine) in the list.
+          No SSH: run the same command on every node.
+  env     NNODES, NODE_RANK, MASTER_ADDR (and MASTER_PORT) already set, e.g. by a job scheduler
+  slurm   SLURM_JOB_NODELIST, SLURM_NODEID, SLURM_NNODES: run one task per node with srun
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import socket
+import subprocess
+from dataclasses import dataclass
+
+from .errors import Hy3Error
+from .plan.recipe import Recipe, to_cli
+
+# NCCL and CUDA settings every node gets: the one place they are set. Cluster-specific network knobs
+# (NCCL_SOCKET_IFNAME, NCCL_IB_HCA, NCCL_IB_GID_INDEX, ...) belong in the recipe's `env:` section or
+# the shell; anything already in the environment is inherited by the launched processes.
+NCCL_ENV = {
+    # Megatron relies on kernels being queued in issue order so tensor/sequence-parallel communication
+    # overlaps compute as planned (ms-swift sets the same default).
+    "CUDA_DEVICE_MAX_CONNECTIONS": "1",
+    # MoE dispatch buffers change size every step; expandable segments keep fragmentation down.
+    "PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True",
+    # NCCL warnings and errors only; set NCCL_DEBUG=INFO in the recipe env to debug topology.
+    "NCCL_DEBUG": "WARN",
+}
+DEFAULT_PORT = 29500
+MODES = ("auto", "single", "ip-list", "env", "slurm")
+
+
+@dataclass
+class NodeCommand:
+    rank: int
+    host: str
+    env: dict
+    argv: list
+
+    def shell(self) -> str:
+        """Copy-pasteable shell: environment, then the command with one flag per line."""
+        env = " ".join(f"{k}={shlex.quote(str(v))}" for k, v in self.env.items())
+        groups: list[list[str]] = []
+        for a in self.argv[2:]:
+            if a.startswith("--") or not groups:
+                groups.append([a])
+            else:
+                groups[-1].append(a)
+        lines = [" ".join(shlex.quote(a) for a in self.argv[:2])]
+        lines += ["  " + " ".join(shlex.quote(a) for a in g) for g in groups]
+        return " \\\n".join(([env] if env else []) + lines)
+
+
+def expand_hostlist(text: str) -> list[str]:
+    """Slurm host list -> host names: "gpu[01-03,07],login1" -> gpu01 gpu02 gpu03 gpu07 login1."""
+    hosts, depth, item = [], 0, ""
+    for ch in text.strip() + ",":
+        if ch == "," and depth == 0:
+            if item:
+                hosts += _expand_one(item)
+            item = ""
+            continue
+        depth += ch == "["
+        depth -= ch == "]"
+        item += ch
+    return hosts
+
+
+def _expand_one(item: str) -> list[str]:
+    m = re.match(r"^([^\[]*)\[([^\]]+)\](.*)$", item)
+    if not m:
+        return [item]
+    prefix, ranges, rest = m.groups()
+    out = []
+    for r in ranges.split(","):
+        if "-" in r:
+            lo, hi = r.split("-", 1)
+            if not (lo.isdigit() and hi.isdigit()):
+                raise Hy3Error(f"SLURM_JOB_NODELIST: cannot read range {r!r} in {item!r}")
+            out += [f"{prefix}{str(n).zfill(len(lo))}" for n in range(int(lo), int(hi) + 1)]
+        else:
+            out.append(prefix + r)
+    return [h + tail for h in out for tail in _expand_one(rest)] if rest else out
+
+
+def local_addresses() -> set[str]:
+    """IPv4 addresses of this machine (hostname resolution and `hostname -I`)."""
+    addrs = {"127.0.0.1"}
+    try:
+        addrs |= {a[4][0] for a in socket.getaddrinfo(socket.gethostname(), None, socket.AF_INET)}
+    except OSError:
+        pass
+    try:
+        out = subprocess.run(["hostname", "-I"], capture_output=True, text=True, timeout=5).stdout
+        addrs |= set(out.split())
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return addrs
+
+
+@dataclass
+class Cluster:
+    hosts: list          # host of each node rank
+    master: str
+    port: int
+    this_rank: int | None  # None when this machine is not (known to be) one of the nodes
+
+
+def resolve_cluster(mode: str, nodes: int, environ: dict, ip_list: str | None = None, port: int | None = None,
+                    local: set[str] | None = None) -> Cluster:
+    """Which hosts take part, who is master, which rank this machine is."""
+    if mode == "auto":
+        if ip_list or environ.get("IP_LIST"):
+            mode = "ip-list"
+        elif environ.get("SLURM_JOB_NODELIST") and environ.get("SLURM_NODEID") is not None:
+            mode = "slurm"
+        elif nodes == 1:
+            mode = "single"
+        elif environ.get("MASTER_ADDR") and environ.get("NNODES"):
+            mode = "env"
+        else:
+            raise Hy3Error(f"the recipe is for {nodes} nodes: set IP_LIST=ip1,ip2,... (or pass --ip-list), run "
+                           f"under Slurm (srun, one task per node), or set NNODES, NODE_RANK and MASTER_ADDR")
+    port = port or int(environ.get("MASTER_PORT") or DEFAULT_PORT)
+    if mode == "single":
+        if nodes != 1:
+            raise Hy3Error(f"--launcher single runs one node, but the recipe is for {nodes}")
+        return Cluster(["localhost"], "localhost", port, 0)
+    if mode == "ip-list":
+        text = ip_list or environ.get("IP_LIST") or ""
+        hosts = [h.strip() for h in text.split(",") if h.strip()]
+        if not hosts:
+            raise Hy3Error("IP_LIST is empty; expected ip1,ip2,... with the master first")
+        if len(set(hosts)) != len(hosts):
+            raise Hy3Error(f"IP_LIST lists an address twice: {text}")
+        rank = None
+        if environ.get("NODE_RANK") is not None:
+            rank = int(environ["NODE_RANK"])
+        else:
+            mine = {environ["LOCAL_IP"]} if environ.get("LOCAL_IP") else (local if local is not None else local_addresses())
+            found = [i for i, h in enumerate(hosts) if h in mine]
+            rank = found[0] if found else None
+        _check_count(len(hosts), nodes, "IP_LIST")
+        return Cluster(hosts, hosts[0], port, rank)
+    if mode == "env":
+        missing = [k for k in ("NNODES", "MASTER_ADDR") if not environ.get(k)]
+        if missing:
+            raise Hy3Error(f"--launcher env needs {', '.join(missing)} in the environment")
+        n = int(environ["NNODES"])
+        _check_count(n, nodes, "NNODES")
+        rank = int(environ["NODE_RANK"]) if environ.get("NODE_RANK") is not None else None
+        hosts = [environ["MASTER_ADDR"]] + [""] * (n - 1)   # the scheduler knows the others
+        return Cluster(hosts, environ["MASTER_ADDR"], port, rank)
+    if mode == "slurm":
+        if not environ.get("SLURM_JOB_NODELIST"):
+            raise Hy3Error("--launcher slurm needs SLURM_JOB_NODELIST (run inside an allocation, via srun)")
+        hosts = expand_hostlist(environ["SLURM_JOB_NODELIST"])
+        _check_count(len(hosts), nodes, "SLURM_JOB_NODELIST")
+        rank = int(environ["SLURM_NODEID"]) if environ.get("SLURM_NODEID") is not None else None
+        return Cluster(hosts, hosts[0], port, rank)
+    raise Hy3Error(f"unknown launcher {mode!r}; expected one of {', '.join(MODES)}")
+
+
+def _check_count(found: int, nodes: int, source: str) -> None:
+    if found != nodes:
+        raise Hy3Error(f"{source} names {found} node(s), but the recipe is planned for {nodes}; "
+                       f"use a matching allocation or re-plan with --nodes {found}")
+
+
+def megatron_argv(recipe: Recipe, paths: dict, export: str | None = None) -> list[str]:
+    """`megatron sft` (or `megatron export`) and its flags: path options first, then the recipe's arguments."""
+    paths = {k: v for k, v in paths.items() if v not in (None, [], "")}
+    if export:
+        from .plan.swift_args import command_fields
+
+        accepted = command_fields("export")
+        keep = ("tensor_model_parallel_size", "pipeline_model_parallel_size", "expert_model_parallel_size",
+                "expert_tensor_parallel_size", "sequence_parallel", "decoder_first_pipeline_num_layers",
+                "decoder_last_pipeline_num_layers", "mtp_num_layers", "megatron_extra_kwargs", "moe_grouped_gemm",
+                "torch_dtype")
+        args = {k: recipe.args[k] for k in keep if k in recipe.args and k in accepted}
+        flag = {"to-hf": "to_hf", "to-mcore": "to_mcore"}[export]
+        merged = {**paths, flag: True, **{k: v for k, v in args.items() if k not in paths}}
+        return ["megatron", "export", *to_cli(merged)]
+    merged = {**paths, **{k: v for k, v in recipe.args.items() if k not in paths}}
+    return ["megatron", "sft", *to_cli(merged)]
+
+
+def node_commands(recipe: Recipe, cluster: Cluster, argv: list[str]) -> list[NodeCommand]:
+    n = len(cluster.hosts)
+    out = []
+    for rank, host in enumerate(cluster.hosts):
+        env = {"NPROC_PER_NODE": str(recipe.cluster.gpus_per_node)}
+        if n > 1:
+            env.update(NNODES=str(n), NODE_RANK=str(rank), MASTER_ADDR=cluster.master, MASTER_PORT=str(cluster.port))
+        env.update(NCCL_ENV)
+        env.update(recipe.env)
+        out.append(NodeCommand(rank, host, env, list(argv)))
+    return out
+
+
+def format_dry_run(cmds: list[NodeCommand]) -> str:
+    n = len(cmds)
+    blocks = []
+    for c in cmds:
+        title = f"# node {c.rank} of {n}" + (f": {c.host}" if n > 1 and c.host else "")
+        blocks.append(title + "\n" + c.shell())
+    return "\n\n".join(blocks)
