@@ -32,17 +32,10 @@ def step_inner_to_outer(ctx: dict) -> str:
 
 def step_outer_to_inner(ctx: dict) -> str:
     from .layout_convert import convert_layout
-    from .safetensors_io import open_checkpoint, read_bytes
 
     back = ctx["work"] / "tiny-inner-again"
     convert_layout(ctx["outer"], back, "inner", quiet=True)
-    a, b = open_checkpoint(ctx["inner"]).tensors, open_checkpoint(back).tensors
-    if set(a) != set(b):
-        raise Hy3Error("outer->inner produced a different key set")
-    for k in a:
-        if read_bytes(a[k].file, a[k].start, a[k].nbytes) != read_bytes(b[k].file, b[k].start, b[k].nbytes):
-            raise Hy3Error(f"outer->inner changed the bytes of {k}")
-    return f"inner -> outer -> inner is byte-identical for all {len(a)} tensors"
+    return f"inner -> outer -> inner is byte-identical for all {_same_tensors(ctx['inner'], back, 'outer->inner')} tensors"
 
 
 def step_check(ctx: dict) -> str:
@@ -55,15 +48,41 @@ def step_check(ctx: dict) -> str:
     return "hy3 check: both layouts clean (keys, shapes, dtypes, index, NaN/Inf in every shard)"
 
 
+def step_mcore(ctx: dict) -> str:
+    from .megatron.dist_ckpt import hf_to_mcore, mcore_to_hf
+
+    r = hf_to_mcore(ctx["outer"], ctx["work"] / "tiny-mcore", quiet=True)
+    ctx["mcore"] = Path(r["output"])
+    back = ctx["work"] / "tiny-from-mcore"
+    mcore_to_hf(ctx["mcore"], back, ctx["inner"], quiet=True)
+    n = _same_tensors(ctx["inner"], back, "HF -> torch_dist -> HF")
+    return f"torch_dist written offline ({r['tensors']} Megatron tensors), back to HF byte-identical for all {n} tensors"
+
+
 def step_parity(ctx: dict) -> str:
     from .megatron.parity import run_parity
 
-    results, _ = run_parity(ctx["inner"], [("hf", ctx["inner"]), ("hf", ctx["outer"])], tp=2, ep=2)
+    sources = [("hf", ctx["inner"]), ("hf", ctx["outer"]), ("mcore", ctx["mcore"])]
+    results, _ = run_parity(ctx["inner"], sources, tp=2, ep=2)
     worst = max(results, key=lambda r: max(r.max_rel_err, r.mtp_max_rel_err or 0))
     if not all(r.passed for r in results):
         raise Hy3Error(f"Megatron logits differ from transformers: max rel error {worst.max_rel_err:.2e}")
-    return (f"megatron-core GPTModel under {results[0].layout} (4 CPU processes) vs transformers, both layouts: "
-            f"logits rel err {worst.max_rel_err:.1e}, MTP {worst.mtp_max_rel_err:.1e} (tolerance 1e-5)")
+    return (f"megatron-core GPTModel under {results[0].layout} (4 CPU processes), weights from HF inner, HF outer and "
+            f"torch_dist, vs transformers: logits rel err <= {worst.max_rel_err:.1e}, MTP <= "
+            f"{worst.mtp_max_rel_err:.1e} (tolerance 1e-5)")
+
+
+def _same_tensors(a, b, what: str) -> int:
+    from .safetensors_io import open_checkpoint, read_bytes
+
+    ta, tb = open_checkpoint(a).tensors, open_checkpoint(b).tensors
+    if set(ta) != set(tb):
+        raise Hy3Error(f"{what} produced a different key set")
+    for k in ta:
+        if ta[k].dtype != tb[k].dtype or \
+                read_bytes(ta[k].file, ta[k].start, ta[k].nbytes) != read_bytes(tb[k].file, tb[k].start, tb[k].nbytes):
+            raise Hy3Error(f"{what} changed the bytes of {k}")
+    return len(ta)
 
 
 STEPS: list[tuple[str, Callable[[dict], str]]] = [
@@ -71,6 +90,7 @@ STEPS: list[tuple[str, Callable[[dict], str]]] = [
     ("convert inner -> outer", step_inner_to_outer),
     ("convert outer -> inner", step_outer_to_inner),
     ("check", step_check),
+    ("convert HF <-> torch_dist", step_mcore),
     ("parity: Megatron vs HF", step_parity),
 ]
 

@@ -15,7 +15,7 @@ import os
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Union
+from typing import Callable, Iterable, Union
 
 from .errors import Hy3Error
 
@@ -26,6 +26,7 @@ MAX_HEADER = 100 * 1024 * 1024
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
 COPY_CHUNK = 64 * 1024 * 1024
+FALLBACK_CHUNK = 8 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -76,17 +77,23 @@ def read_header(path: Path) -> tuple[dict[str, TensorInfo], dict]:
     out: dict[str, TensorInfo] = {}
     for key, ent in header.items():
         try:
-            dtype, shape, (s, e) = ent["dtype"], tuple(int(x) for x in ent["shape"]), ent["data_offsets"]
+            dtype, shape = ent["dtype"], tuple(int(x) for x in ent["shape"])
+            s, e = (int(x) for x in ent["data_offsets"])
         except (KeyError, TypeError, ValueError):
-            raise Hy3Error(f"{path}: corrupt header entry for {key!r}") from None
+            raise Hy3Error(f"{path}: corrupt safetensors header entry for {key!r} "
+                           "(expected dtype, shape and data_offsets [start, end])") from None
         if dtype not in ITEMSIZE:
             raise Hy3Error(f"{path}: {key}: unknown dtype {dtype!r}")
         want = math.prod(shape) * ITEMSIZE[dtype]
-        if e - s != want or s < 0:
+        if e - s != want or s < 0 or any(x < 0 for x in shape):
             raise Hy3Error(f"{path}: {key}: byte range [{s}, {e}) does not match shape {list(shape)} {dtype}")
         if base + e > size:
             raise Hy3Error(f"{path}: truncated: {key} needs bytes up to {base + e}, file has {size}")
         out[key] = TensorInfo(key, path, dtype, shape, base + s, base + e)
+    ranges = sorted((t.start, t.end, t.key) for t in out.values() if t.nbytes)
+    for (_, end, a), (start, _, b) in zip(ranges, ranges[1:]):
+        if start < end:
+            raise Hy3Error(f"{path}: corrupt safetensors header: the bytes of {a} and {b} overlap")
     return out, meta
 
 
@@ -123,11 +130,15 @@ def open_checkpoint(root: str | Path, strict: bool = True) -> Checkpoint:
         try:
             idx = json.loads(index.read_text())
             weight_map = idx["weight_map"]
-            if not isinstance(weight_map, dict):
+            if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
                 raise TypeError
-        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
-            raise Hy3Error(f"{index}: not a valid index (expected JSON with a 'weight_map' object)") from None
-        ck.index_metadata = idx.get("metadata") or {}
+            metadata = idx.get("metadata") or {}
+            if not isinstance(metadata, dict):
+                raise TypeError
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
+            raise Hy3Error(f"{index}: not a valid index (expected JSON with a 'weight_map' object "
+                           "mapping tensor names to shard file names)") from None
+        ck.index_metadata = metadata
         ck.weight_map = dict(weight_map)
     elif (root / SINGLE_NAME).exists():
         ck.weight_map = None  # filled from the single file below
@@ -223,8 +234,8 @@ def dtype_name(dtype) -> str:
 
 # --- streaming writes ----------------------------------------------------------------------------
 
-# A source is a byte range of a file, or bytes already in memory.
-Source = Union[tuple[Path, int, int], bytes, bytearray, memoryview]
+# A source is a byte range of a file, bytes already in memory, or a function that makes the bytes.
+Source = Union[tuple[Path, int, int], bytes, bytearray, memoryview, Callable[[], bytes]]
 
 
 @dataclass
@@ -239,19 +250,28 @@ class OutTensor:
         return math.prod(self.shape) * ITEMSIZE[self.dtype]
 
 
-def _copy_range(src_fd: int, offset: int, nbytes: int, dst_fd: int) -> None:
+def _write_all(fd: int, data) -> None:
+    view = memoryview(data).cast("B")
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _copy_range(src_fd: int, offset: int, nbytes: int, dst_fd: int, src_name) -> None:
+    """Append bytes [offset, offset + nbytes) of src to dst: in the kernel when it can, else in small chunks."""
     done = 0
+    kernel = True
     while done < nbytes:
-        n = min(nbytes - done, COPY_CHUNK)
-        try:
-            got = os.copy_file_range(src_fd, dst_fd, n, offset + done)
-        except OSError:
-            got = 0
-        if got <= 0:  # not supported across these files, or EOF: fall back to a bounded buffer
-            data = os.pread(src_fd, n, offset + done)
+        got = 0
+        if kernel:
+            try:
+                got = os.copy_file_range(src_fd, dst_fd, min(nbytes - done, COPY_CHUNK), offset + done)
+            except OSError:
+                kernel = False  # not supported between these files: copy through a bounded buffer
+        if got <= 0:
+            data = os.pread(src_fd, min(nbytes - done, FALLBACK_CHUNK), offset + done)
             if not data:
-                raise Hy3Error(f"source file truncated at byte {offset + done}")
-            os.write(dst_fd, data)
+                raise Hy3Error(f"{src_name}: truncated at byte {offset + done} (needed {offset + nbytes})")
+            _write_all(dst_fd, data)
             got = len(data)
         done += got
 
@@ -276,30 +296,55 @@ def write_shard(path: Path, tensors: list[OutTensor], on_bytes=None) -> None:
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     fds: dict[Path, int] = {}
-    dst = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
-        os.write(dst, header_bytes(tensors))
+        dst = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    except OSError as e:
+        raise Hy3Error(f"{tmp}: cannot write ({e.strerror})") from None
+    try:
+        _write_all(dst, header_bytes(tensors))
         for t in tensors:
             written = 0
             for src in t.sources:
                 if isinstance(src, tuple):
                     file, off, n = src
                     if file not in fds:
-                        fds[file] = os.open(file, os.O_RDONLY)
-                    _copy_range(fds[file], off, n, dst)
+                        fds[file] = _open_source(file)
+                    _copy_range(fds[file], off, n, dst, file)
                 else:
-                    n = len(src) if not isinstance(src, memoryview) else src.nbytes
-                    os.write(dst, src)
+                    data = src() if callable(src) else src  # a callable makes its bytes only when written
+                    n = memoryview(data).nbytes
+                    _write_all(dst, data)
                 written += n
                 if on_bytes:
                     on_bytes(n)
             if written != t.nbytes:
                 raise Hy3Error(f"{path}: {t.key}: sources hold {written} bytes, shape needs {t.nbytes}")
+        _flush(dst)
+    except OSError as e:
+        raise Hy3Error(f"{tmp}: write failed ({e.strerror})") from None
     finally:
         os.close(dst)
         for fd in fds.values():
             os.close(fd)
     os.replace(tmp, path)
+
+
+def _flush(fd: int) -> None:
+    """On disk before the final name appears (a resumed run trusts every finished shard, even after a
+    crash); then out of the page cache, which the rest of a large conversion needs more."""
+    os.fdatasync(fd)
+    if hasattr(os, "posix_fadvise"):
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+
+
+def _open_source(file: Path) -> int:
+    try:
+        fd = os.open(file, os.O_RDONLY)
+    except OSError as e:
+        raise Hy3Error(f"{file}: cannot read ({e.strerror})") from None
+    if hasattr(os, "posix_fadvise"):  # ranges are read front to back: let the kernel read ahead further
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+    return fd
 
 
 def plan_shards(tensors: Iterable[OutTensor], max_bytes: int) -> list[list[OutTensor]]:

@@ -30,6 +30,16 @@ def pair(tmp_path_factory):
     return write_tiny(root / "inner", spec, "inner", seed=3), write_tiny(root / "outer", spec, "outer", seed=3)
 
 
+@pytest.fixture(scope="module")
+def mcore(pair, tmp_path_factory):
+    """The same model as a torch_dist checkpoint written offline by `hy3 convert hf-to-mcore`."""
+    from megatron_hy.megatron.dist_ckpt import hf_to_mcore
+
+    out = tmp_path_factory.mktemp("mcore") / "ckpt"
+    hf_to_mcore(pair[1], out, quiet=True)
+    return out
+
+
 def check(results, ranks, sources, layout):
     for res in results:
         assert res.passed, res
@@ -50,13 +60,15 @@ LAYOUTS = {"TP1": {}, "TP2": {"tp": 2}, "EP2": {"ep": 2}, "PP2": {"pp": 2}, "TP2
 
 
 @pytest.mark.parametrize("name", list(LAYOUTS))
-def test_parity_and_round_trip(pair, name):
+def test_parity_and_round_trip(pair, mcore, name):
+    """HF inner, HF outer and our torch_dist checkpoint (through megatron-core's dist_checkpointing.load),
+    each loaded into the same Megatron model under the layout."""
     inner, outer = pair
     layout = LAYOUTS[name]
-    sources = [inner, outer]
-    results, ranks = run_parity(inner, [("hf", inner), ("hf", outer)], export=True, **layout)
+    results, ranks = run_parity(inner, [("hf", inner), ("hf", outer), ("mcore", mcore)], export=True, **layout)
     assert len(ranks) == make_layout(**layout).world
-    check(results, ranks, sources, layout)
+    assert [r.source for r in results] == ["hf", "hf", "mcore"]
+    check(results, ranks, [inner, outer, inner], layout)
 
 
 def test_one_kv_head_two_dense_layers_under_pp2_ep2(tmp_path):

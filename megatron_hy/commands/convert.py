@@ -21,10 +21,68 @@ def register(sub) -> None:
         q.add_argument("--quiet", action="store_true", help="no progress output")
         q.set_defaults(func=run_layout, to=to)
 
+    q = d.add_parser("hf-to-mcore", help="HF checkpoint (either layout) to a Megatron torch_dist checkpoint, on CPU",
+                     description="Write a Megatron-Core torch_dist checkpoint (the directory `megatron sft --mcore_model` "
+                                 "loads) from an HF Hy3 checkpoint in either layout, MTP included, without a GPU and "
+                                 "without building the model with weights: keys, shapes and pieces come from "
+                                 "megatron-core's own sharded_state_dict() of a meta-device model; tensors are streamed "
+                                 "in chunks of at most 64 MB. The checkpoint loads under any TP/PP/EP/ETP.")
+    q.add_argument("input", metavar="HF_DIR", help="HF Hy3 checkpoint (inner or outer layout)")
+    q.add_argument("output", metavar="OUT", help="output directory (must not exist unless --overwrite)")
+    q.add_argument("--workers", type=int, default=4, help="data files written in parallel (default 4)")
+    q.add_argument("--dtype", choices=["bf16", "fp32", "fp16"], default=None,
+                   help="weight dtype in the checkpoint (default: as in the HF files; the router expert bias stays fp32)")
+    q.add_argument("--padded-vocab", type=int, default=None,
+                   help="rows of the embedding and output layer, if your Megatron run pads the vocabulary "
+                        "(default: the vocabulary size, as ms-swift builds Hy3)")
+    q.add_argument("--iteration", type=int, default=1, help="iteration number to record (default 1, as swift export)")
+    q.add_argument("--max-file-size", default="2GB",
+                   help="largest data file, e.g. 2GB; files are the unit a resumed run skips (default 2GB)")
+    q.add_argument("--overwrite", action="store_true", help="replace OUT if it exists (only once the new one is complete)")
+    q.add_argument("--quiet", action="store_true", help="no progress output")
+    q.set_defaults(func=run_hf_to_mcore)
+
+    q = d.add_parser("mcore-to-hf", help="Megatron torch_dist checkpoint to HF safetensors, on CPU",
+                     description="Read a Megatron-Core torch_dist checkpoint (ours, or one saved during training; "
+                                 "optimizer state is ignored) tensor by tensor and write sharded HF safetensors with "
+                                 "an index. config.json, generation config and tokenizer files come from --hf-config.")
+    q.add_argument("input", metavar="MCORE_DIR", help="checkpoint directory (with latest_checkpointed_iteration.txt) "
+                                                       "or one iter_NNNNNNN directory")
+    q.add_argument("output", metavar="OUT", help="output directory (must not exist unless --overwrite)")
+    q.add_argument("--hf-config", required=True, metavar="HF_DIR",
+                   help="HF Hy3 directory whose config.json describes the model (its tokenizer files are copied)")
+    q.add_argument("--format", choices=["inner", "outer"], default="inner",
+                   help="inner: one tensor per expert, as published (default); outer: fused 3D experts")
+    q.add_argument("--iteration", type=int, default=None, help="iteration to read (default: the tracker file's)")
+    q.add_argument("--dtype", choices=["bf16", "fp32", "fp16"], default=None,
+                   help="weight dtype (default: config.json's dtype; the expert bias stays fp32 as in HF Hy3)")
+    q.add_argument("--workers", type=int, default=4, help="shards written in parallel (default 4)")
+    q.add_argument("--max-shard-size", default="5GB", help="largest output shard, e.g. 5GB or 500MB (default 5GB)")
+    q.add_argument("--overwrite", action="store_true", help="replace OUT if it exists (only once the new one is complete)")
+    q.add_argument("--quiet", action="store_true", help="no progress output")
+    q.set_defaults(func=run_mcore_to_hf)
+
 
 def run_layout(args) -> int:
     from ..layout_convert import convert_layout
 
     convert_layout(args.input, args.output, args.to, workers=args.workers, max_shard_size=args.max_shard_size,
                    overwrite=args.overwrite, quiet=args.quiet)
+    return 0
+
+
+def run_hf_to_mcore(args) -> int:
+    from ..megatron.dist_ckpt import hf_to_mcore
+
+    hf_to_mcore(args.input, args.output, workers=args.workers, dtype=args.dtype, padded_vocab=args.padded_vocab,
+                iteration=args.iteration, overwrite=args.overwrite, quiet=args.quiet, max_file_size=args.max_file_size)
+    return 0
+
+
+def run_mcore_to_hf(args) -> int:
+    from ..megatron.dist_ckpt import mcore_to_hf
+
+    mcore_to_hf(args.input, args.output, args.hf_config, fmt=args.format, iteration=args.iteration,
+                workers=args.workers, max_shard_size=args.max_shard_size, dtype=args.dtype,
+                overwrite=args.overwrite, quiet=args.quiet)
     return 0

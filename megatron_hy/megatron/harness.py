@@ -51,12 +51,16 @@ def apply_cpu_shims() -> None:
     #    the embedding copy between the first and last pipeline stages (PP > 1 with MTP or tied weights).
     torch.Tensor.cuda = lambda self, *args, **kwargs: self
 
-    # 3. moe_utils references te_general_gemm at import when transformer_engine is absent.
+    # 3. dist_checkpointing (strategies/filesystem_async.py preload_tensors) and P2P communication call
+    #    torch.cuda.synchronize() after host copies; on a CPU there is nothing to wait for.
+    torch.cuda.synchronize = lambda *args, **kwargs: None
+
+    # 4. moe_utils references te_general_gemm at import when transformer_engine is absent.
     import megatron.core.transformer.moe.moe_utils as moe_utils
     if not hasattr(moe_utils, "te_general_gemm"):
         moe_utils.te_general_gemm = None
 
-    # 4. CudaRNGStatesTracker.fork() (DotProductAttention dropout, MTP with sequence parallel) swaps
+    # 5. CudaRNGStatesTracker.fork() (DotProductAttention dropout, MTP with sequence parallel) swaps
     #    CUDA RNG states; on CPU with dropout 0 a no-op context is equivalent.
     from megatron.core.tensor_parallel import random as mrandom
 
@@ -71,7 +75,7 @@ def apply_cpu_shims() -> None:
     mrandom._CUDA_RNG_STATE_TRACKER = _CpuTracker()
     mrandom._CUDA_RNG_STATE_TRACKER_INITIALIZED = True
 
-    # 5. tensor_parallel.mappings gathers with all_gather_into_tensor and scatters with
+    # 6. tensor_parallel.mappings gathers with all_gather_into_tensor and scatters with
     #    reduce_scatter_tensor (TP logits gather, MoE allgather dispatcher); gloo has neither.
     from megatron.core.tensor_parallel import mappings
 
@@ -165,7 +169,7 @@ def run_distributed(fn: Callable, world: int, *args, timeout: float = 900) -> li
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     port = _free_port()
-    procs = [ctx.Process(target=_child, args=(r, world, port, fn, args, queue), daemon=True) for r in range(world)]
+    procs = [ctx.Process(target=_child, args=(r, world, port, fn, args, queue), daemon=False) for r in range(world)]
     for p in procs:
         p.start()
     results: dict[int, Any] = {}

@@ -1,0 +1,247 @@
+"""PyTorch Distributed Checkpoint (DCP) files, written and read one chunk at a time.
+
+A DCP directory is data files (`__R_0.distcp`), each a run of items, and a pickled `.metadata`
+saying, per key, the global size, dtype and chunks (offset, size) of a tensor, or that the key is
+a byte object, and where each item lives (file, byte offset, length). A tensor item is the
+`torch.save` of that chunk; a byte item is written as is (megatron-core stores its ShardedObjects
+as the `torch.save` of a list of objects). `FileSystemReader` in torch reads exactly that, which
+is what megatron-core's `dist_checkpointing.load` uses.
+
+Here no tensor is ever whole in memory: the writer asks a callback for each chunk as it writes
+it, and the reader reads only the chunks that overlap the region asked for.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import pickle
+import threading
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from ..errors import Hy3Error
+
+METADATA = ".metadata"
+
+
+@dataclass
+class Chunk:
+    key: str
+    offsets: tuple
+    sizes: tuple
+    make: Callable[[], "object"]  # returns the chunk as a torch tensor of exactly `sizes`
+
+
+@dataclass
+class TensorSpec:
+    key: str
+    size: tuple
+    dtype: "object"  # torch dtype
+
+
+@dataclass
+class ObjectItem:
+    unique_key: str
+    objects: list
+
+
+@dataclass
+class FileResult:
+    """Where each item of one finished data file is, kept beside it so a resumed run can reuse it."""
+    name: str
+    items: list = field(default_factory=list)  # (key, offsets, sizes, byte offset, length); objects: None offsets
+    nbytes: int = 0
+    sha256: str = ""
+
+
+def write_file(path: Path, chunks: list[Chunk], objects: list[ObjectItem], on_bytes=None) -> FileResult:
+    """One data file: byte objects first, then tensor chunks, each torch.save'd in turn."""
+    import hashlib
+
+    import torch
+
+    tmp = path.with_name(path.name + ".tmp")
+    res = FileResult(path.name)
+    digest = hashlib.sha256()
+    with open(tmp, "wb") as f:
+        def put(data: bytes, key: str, offsets, sizes):
+            start = f.tell()
+            f.write(data)
+            digest.update(data)
+            res.items.append((key, offsets, sizes, start, len(data)))
+
+        for obj in objects:
+            buf = io.BytesIO()
+            torch.save(obj.objects, buf)
+            put(buf.getvalue(), obj.unique_key, None, None)
+        for ch in chunks:
+            t = ch.make()
+            if tuple(t.shape) != tuple(ch.sizes):
+                raise Hy3Error(f"{ch.key}: chunk at {list(ch.offsets)} built as {list(t.shape)}, expected {list(ch.sizes)}")
+            buf = io.BytesIO()
+            torch.save(t.contiguous(), buf)
+            put(buf.getvalue(), ch.key, tuple(ch.offsets), tuple(ch.sizes))
+            if on_bytes:
+                on_bytes(t.numel() * t.element_size())
+            del t, buf
+        res.nbytes = f.tell()
+    res.sha256 = digest.hexdigest()
+    sidecar = path.with_name(path.name + ".items.json")
+    sidecar.write_text(json.dumps({"nbytes": res.nbytes, "sha256": res.sha256, "items": res.items}))
+    os.replace(tmp, path)
+    return res
+
+
+def read_file_result(path: Path) -> FileResult | None:
+    """The item list of a data file a previous run finished, or None."""
+    sidecar = path.with_name(path.name + ".items.json")
+    if not path.exists() or not sidecar.exists():
+        return None
+    d = json.loads(sidecar.read_text())
+    if d["nbytes"] != path.stat().st_size:
+        return None
+    items = [(k, tuple(o) if o is not None else None, tuple(z) if z is not None else None, s, n)
+             for k, o, z, s, n in d["items"]]
+    return FileResult(path.name, items, d["nbytes"], d["sha256"])
+
+
+def write_metadata(root: Path, tensors: list[TensorSpec], files: list[FileResult]) -> None:
+    """The `.metadata` pickle that FileSystemReader (and so megatron-core) loads."""
+    import torch
+    from torch.distributed.checkpoint.filesystem import _StorageInfo
+    from torch.distributed.checkpoint.metadata import (BytesStorageMetadata, ChunkStorageMetadata, Metadata,
+                                                       MetadataIndex, StorageMeta, TensorProperties,
+                                                       TensorStorageMetadata)
+
+    specs = {t.key: t for t in tensors}
+    chunks: dict[str, list] = {k: [] for k in specs}
+    state: dict = {}
+    storage: dict = {}
+    for fr in files:
+        for key, offsets, sizes, start, length in fr.items:
+            if offsets is None:
+                state[key] = BytesStorageMetadata()
+                storage[MetadataIndex(key)] = _StorageInfo(fr.name, start, length)
+                continue
+            if key not in specs:
+                raise Hy3Error(f"data file {fr.name} holds {key}, which the checkpoint plan does not have")
+            index = len(chunks[key])
+            chunks[key].append(ChunkStorageMetadata(offsets=torch.Size(offsets), sizes=torch.Size(sizes)))
+            storage[MetadataIndex(key, torch.Size(offsets), index)] = _StorageInfo(fr.name, start, length)
+    for key, spec in specs.items():
+        if not chunks[key]:
+            raise Hy3Error(f"no chunk of {key} was written")
+        state[key] = TensorStorageMetadata(properties=TensorProperties(dtype=spec.dtype), size=torch.Size(spec.size),
+                                           chunks=chunks[key])
+    meta = Metadata(state_dict_metadata=state, planner_data=None, storage_data=storage,
+                    storage_meta=StorageMeta(checkpoint_id=None, save_id=str(uuid.uuid4()), load_id=None),
+                    version="1.0.0")
+    tmp = root / (METADATA + ".tmp")
+    with open(tmp, "wb") as f:
+        pickle.dump(meta, f)
+    os.replace(tmp, root / METADATA)
+
+
+# --- reading -------------------------------------------------------------------------------------
+
+class DcpReader:
+    """Random access to the tensors of a DCP directory, chunk by chunk."""
+
+    def __init__(self, root: str | Path, cache_chunks: int = 4):
+        root = Path(root)
+        self.root = root
+        path = root / METADATA
+        if not path.exists():
+            raise Hy3Error(f"{root}: no {METADATA}; not a torch_dist (PyTorch distributed checkpoint) directory")
+        try:
+            with open(path, "rb") as f:
+                self.meta = pickle.load(f)
+        except Exception as e:  # noqa: BLE001 - any unpickling failure means the same thing to the user
+            raise Hy3Error(f"{path}: unreadable checkpoint metadata ({type(e).__name__}: {e})") from None
+        from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
+        self.tensors = {k: v for k, v in self.meta.state_dict_metadata.items() if isinstance(v, TensorStorageMetadata)}
+        self._where: dict = {}
+        for idx, info in self.meta.storage_data.items():
+            if idx.offset is not None:
+                self._where[(idx.fqn, tuple(idx.offset))] = info
+        self._cache: OrderedDict = OrderedDict()
+        self._cache_size = cache_chunks
+        self._lock = threading.Lock()
+
+    def keys(self) -> list[str]:
+        return list(self.tensors)
+
+    def shape(self, key: str) -> tuple:
+        return tuple(self._md(key).size)
+
+    def dtype(self, key: str):
+        return self._md(key).properties.dtype
+
+    def _md(self, key: str):
+        try:
+            return self.tensors[key]
+        except KeyError:
+            raise Hy3Error(f"{self.root}: checkpoint has no tensor {key}") from None
+
+    def _chunk(self, key: str, chunk):
+        import torch
+
+        ck = (key, tuple(chunk.offsets))
+        with self._lock:
+            if ck in self._cache:
+                self._cache.move_to_end(ck)
+                return self._cache[ck]
+        info = self._where.get(ck)
+        if info is None:
+            raise Hy3Error(f"{self.root}: metadata lists a chunk of {key} at {list(chunk.offsets)} with no storage entry")
+        path = self.root / info.relative_path
+        try:
+            with open(path, "rb") as f:
+                f.seek(info.offset)
+                blob = f.read(info.length)
+        except OSError as e:
+            raise Hy3Error(f"{path}: cannot read ({e.strerror})") from None
+        if len(blob) != info.length:
+            raise Hy3Error(f"{path}: truncated; chunk of {key} needs bytes {info.offset}..{info.offset + info.length}")
+        try:
+            t = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001
+            raise Hy3Error(f"{path}: chunk of {key} at byte {info.offset} is corrupt ({type(e).__name__})") from None
+        with self._lock:
+            self._cache[ck] = t
+            while len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+        return t
+
+    def read(self, key: str, offsets: tuple, sizes: tuple):
+        """The region [offsets, offsets + sizes) of a global tensor, from the chunks that overlap it."""
+        import torch
+
+        md = self._md(key)
+        out = torch.empty(sizes, dtype=md.properties.dtype)
+        covered = 0
+        for ch in md.chunks:
+            lo = [max(a, b) for a, b in zip(offsets, ch.offsets)]
+            hi = [min(a + s, b + t) for a, s, b, t in zip(offsets, sizes, ch.offsets, ch.sizes)]
+            if any(h <= l for l, h in zip(lo, hi)):
+                continue
+            src = self._chunk(key, ch)
+            src_idx = tuple(slice(l - o, h - o) for l, h, o in zip(lo, hi, ch.offsets))
+            dst_idx = tuple(slice(l - o, h - o) for l, h, o in zip(lo, hi, offsets))
+            out[dst_idx] = src[src_idx]
+            n = 1
+            for l, h in zip(lo, hi):
+                n *= h - l
+            covered += n
+        want = 1
+        for s in sizes:
+            want *= s
+        if covered != want:
+            raise Hy3Error(f"{self.root}: chunks of {key} do not cover region {list(offsets)} + {list(sizes)}")
+        return out

@@ -1,0 +1,556 @@
+"""Megatron `torch_dist` checkpoints of Hy3, written and read offline with bounded memory.
+
+Directory layout (what ms-swift's `megatron sft --mcore_model` loads and `swift export --to_mcore`
+writes):
+
+    OUT/latest_checkpointed_iteration.txt      "1"
+    OUT/args.json                              model path and tuner type, read by ms-swift
+    OUT/iter_0000001/metadata.json             dist_checkpointing backend: torch_dist
+    OUT/iter_0000001/common.pt                 args (TP/PP, no optimizer, no RNG), content metadata
+    OUT/iter_0000001/.metadata, __*_0.distcp   the PyTorch DCP with every model tensor
+    OUT/hy3-manifest.json                      what was written, with sha256 per file
+
+Keys, global shapes and the pieces each tensor is stored in come from megatron-core itself: the Hy3
+GPTModel is built on the meta device (TP=PP=EP=1) in a CPU process and its `sharded_state_dict()`
+is read. The mapping table says which HF tensors fill each piece. DCP reshards on load, so the
+checkpoint loads under any TP/PP/EP/ETP.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from argparse import Namespace
+from dataclasses import dataclass
+from pathlib import Path
+
+from .. import __version__
+from ..config import Hy3Config, load_config
+from ..errors import Hy3Error
+from ..hf_checkpoint import HFCheckpoint
+from ..layout_convert import _kill_hook
+from ..mapping import MCoreTensor, logical_tensors, mcore_tensors
+from ..progress import Progress, human_bytes, log
+from ..safetensors_io import FLOAT_DTYPES, dtype_name, parse_size, torch_dtype
+from ..staging import StagedDir, copy_other_files, plan_id
+from ..transforms import from_mcore, to_mcore
+from . import dcp
+
+TRACKER = "latest_checkpointed_iteration.txt"
+MANIFEST = "hy3-manifest.json"
+CHUNK_BYTES = 64 * 1024 * 1024
+# What ms-swift passes to sharded_state_dict() and records as content metadata (megatron_lm_utils).
+CONTENT_METADATA = {"singleton_local_shards": False, "chained_optim_avoid_prefix": True,
+                    "distrib_optim_sharding_type": "dp_reshardable"}
+
+
+def iter_dir_name(iteration: int) -> str:
+    return f"iter_{iteration:07d}"
+
+
+# --- the layout, from megatron-core ------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Piece:
+    """One ShardedTensor of the TP=PP=EP=1 model: a region of a global tensor."""
+    key: str
+    global_shape: tuple
+    offsets: tuple   # global offsets, prepended (expert) axes included
+    sizes: tuple     # region sizes, prepended axes are 1
+    prepend: int
+
+
+def _layout_rank(rank: int, world: int, cfg_dict: dict, padded_vocab: int) -> dict:
+    import torch
+    from megatron.core.dist_checkpointing.mapping import ShardedObject, ShardedTensor, ShardedTensorFactory
+
+    from ..config import config_from_dict
+    from .harness import CPU_CONFIG, init_parallel
+    from .model import build_gpt_model, make_transformer_config
+    from .weights import model_sharded_state_dict
+
+    init_parallel()
+    cfg = config_from_dict(cfg_dict)
+    tconfig = make_transformer_config(cfg, **CPU_CONFIG, params_dtype=torch.bfloat16, perform_initialization=False)
+    with torch.device("meta"):
+        model = build_gpt_model(cfg, tconfig, padded_vocab=padded_vocab, use_te=False)
+    pieces, objects = [], []
+    stack = [model_sharded_state_dict(model)]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            stack.extend(node.values())
+        elif isinstance(node, (list, tuple)):
+            stack.extend(node)
+        elif isinstance(node, ShardedTensorFactory):
+            stack.append(node.build())
+        elif isinstance(node, ShardedTensor):
+            n = node.prepend_axis_num
+            pieces.append(Piece(node.key, tuple(node.global_shape), tuple(node.global_offset),
+                                (1,) * n + tuple(node.local_shape), n))
+            if node.key.endswith("norm.weight"):
+                # Standalone norms are transformer-engine RMSNorm ops in the TE spec (GPU training), and
+                # TE ops carry an `_extra_state` that the TE model asks the checkpoint for.
+                objects.append(ShardedObject(node.key[: -len("weight")] + "_extra_state", None,
+                                             (1,), (0,), replica_id=0).unique_key)
+        elif isinstance(node, ShardedObject):
+            objects.append(node.unique_key)
+    return {"pieces": sorted(pieces, key=lambda p: (p.key, p.offsets)), "objects": sorted(set(objects))}
+
+
+def megatron_layout(cfg: Hy3Config, padded_vocab: int) -> dict:
+    from .harness import run_distributed
+
+    return run_distributed(_layout_rank, 1, {**cfg.to_transformers(), "model_type": "hy_v3"}, padded_vocab)[0]
+
+
+# --- HF -> Megatron regions ---------------------------------------------------------------------
+
+class HFSource:
+    """Rows of global Megatron tensors (or of one expert's slice), read from an HF checkpoint."""
+
+    def __init__(self, hf: HFCheckpoint, tensors: dict[str, MCoreTensor], dtype=None):
+        self.hf, self.tensors, self.dtype = hf, tensors, dtype
+        self._qkv: dict = {}
+
+    def rows(self, t: MCoreTensor, expert: int | None, r0: int, r1: int):
+        import torch
+
+        names = t.sources(expert)
+        if t.row.op == "qkv":
+            if t.key not in self._qkv:
+                self._qkv = {t.key: to_mcore("qkv", [self.hf.read(n) for n in names], self.hf.config)}
+            out = self._qkv[t.key][r0:r1]
+        else:
+            parts, start = [], 0
+            for n in names:
+                rows = self.hf.logical[n].shape[0]
+                lo, hi = max(r0, start), min(r1, start + rows)
+                if hi > lo:
+                    parts.append(self._read_rows(n, lo - start, hi - start))
+                start += rows
+            if t.row.op == "vocab" and r1 > start:
+                cols = t.shape[1:]
+                parts.append(torch.zeros((r1 - max(r0, start),) + tuple(cols), dtype=parts[0].dtype if parts else
+                                         torch_dtype(self.hf.dtype(names[0]))))
+            out = torch.cat(parts, 0) if len(parts) > 1 else parts[0]
+        if self.dtype is None or t.key.endswith("router.expert_bias"):
+            return out  # megatron-core keeps the router's expert bias in fp32
+        return out.to(self.dtype)
+
+    def _read_rows(self, name: str, r0: int, r1: int):
+        from ..safetensors_io import read_bytes
+
+        shape = self.hf.logical[name].shape
+        file, off, _ = self.hf.source(name)
+        row = 1
+        for s in shape[1:]:
+            row *= s
+        item = self.hf.info(name).itemsize
+        import torch
+
+        buf = read_bytes(file, off + r0 * row * item, (r1 - r0) * row * item)
+        return torch.frombuffer(buf, dtype=torch_dtype(self.hf.dtype(name))).reshape((r1 - r0,) + tuple(shape[1:]))
+
+
+def plan_chunks(layout: dict, tensors: dict[str, MCoreTensor], source: HFSource, limit: int = CHUNK_BYTES) -> list:
+    """Every DCP chunk to write: each Megatron piece, split by rows to at most `limit` bytes."""
+    chunks = []
+    for p in layout["pieces"]:
+        t = tensors.get(p.key)
+        if t is None:
+            raise Hy3Error(f"Megatron model tensor {p.key} is not covered by the Hy3 mapping table")
+        item = torch_itemsize(source, t)
+        expert = p.offsets[0] if t.experts is not None else None
+        row_axis = p.prepend
+        row_elems = 1
+        for s in p.sizes[row_axis + 1:]:
+            row_elems *= s
+        if any(o for o in p.offsets[row_axis + 1:]):
+            raise Hy3Error(f"{p.key}: Megatron piece split along columns at TP 1, unexpected")
+        step = max(1, limit // max(1, row_elems * item))
+        r_start, r_count = p.offsets[row_axis], p.sizes[row_axis]
+        for r0 in range(r_start, r_start + r_count, step):
+            r1 = min(r_start + r_count, r0 + step)
+            offsets = p.offsets[:row_axis] + (r0,) + p.offsets[row_axis + 1:]
+            sizes = p.sizes[:row_axis] + (r1 - r0,) + p.sizes[row_axis + 1:]
+            chunks.append(dcp.Chunk(p.key, offsets, sizes, _maker(source, t, expert, r0, r1, p.prepend)))
+    return chunks
+
+
+def chunk_dtype(source: HFSource, t: MCoreTensor):
+    if source.dtype is None or t.key.endswith("router.expert_bias"):
+        return torch_dtype(source.hf.dtype(t.sources(0 if t.experts is not None else None)[0]))
+    return source.dtype
+
+
+def torch_itemsize(source: HFSource, t: MCoreTensor) -> int:
+    import torch
+
+    return torch.empty((), dtype=chunk_dtype(source, t)).element_size()
+
+
+def _maker(source: HFSource, t: MCoreTensor, expert, r0: int, r1: int, prepend: int):
+    def make():
+        x = source.rows(t, expert, r0, r1)
+        for _ in range(prepend):
+            x = x.unsqueeze(0)
+        return x
+    return make
+
+
+def _balance(chunks: list, files: int) -> list[list]:
+    """Deterministic split of chunks into files of similar byte size, keeping each tensor's chunks in order."""
+    import math
+
+    sizes = [math.prod(c.sizes) for c in chunks]
+    total = sum(sizes) or 1
+    out: list[list] = [[] for _ in range(files)]
+    acc = 0
+    for c, s in zip(chunks, sizes):
+        idx = min(files - 1, int(acc * files / total))
+        out[idx].append(c)
+        acc += s
+    return [b for b in out if b]
+
+
+def hf_to_mcore(hf_dir: str | Path, out: str | Path, workers: int = 4, dtype: str | None = None,
+                padded_vocab: int | None = None, iteration: int = 1, overwrite: bool = False,
+                quiet: bool = False, max_file_size: str = "2GB") -> dict:
+    import torch
+    from concurrent.futures import ThreadPoolExecutor
+
+    hf = HFCheckpoint(hf_dir)
+    cfg = hf.config
+    from .config import check_supported
+
+    check_supported(cfg)
+    padded = padded_vocab or cfg.vocab_size
+    if padded < cfg.vocab_size:
+        raise Hy3Error(f"--padded-vocab {padded} is smaller than the vocabulary ({cfg.vocab_size})")
+    target = {"bf16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16, None: None}.get(dtype, "bad")
+    if target == "bad":
+        raise Hy3Error(f"--dtype {dtype!r}: expected bf16, fp16 or fp32")
+    log(f"reading Megatron's layout for this model (meta-device GPTModel, {cfg.num_layers} layers)", quiet)
+    layout = megatron_layout(cfg, padded)
+    tensors = {t.key: t for t in mcore_tensors(cfg, padded)}
+    from .weights import check_covered
+
+    check_covered(cfg, {p.key for p in layout["pieces"]}, padded)
+    source = HFSource(hf, tensors, target)
+    chunks = plan_chunks(layout, tensors, source)
+    if workers < 1:
+        raise Hy3Error(f"--workers {workers}: expected at least 1")
+    elem_bytes = {id(c): _chunk_bytes(c, source, tensors) for c in chunks}
+    # Data files are the unit of resume: at least one per worker, and none much above max_file_size.
+    by_size = -(-sum(elem_bytes.values()) // parse_size(max_file_size))
+    n_files = max(1, min(len(chunks), max(workers, by_size)))
+    groups = _balance(chunks, n_files)
+    objects = [dcp.ObjectItem(k, [None]) for k in layout["objects"]]
+    names = [f"__{i}_0.distcp" for i in range(len(groups))]
+    inputs = sorted({hf.source(n)[0] for n in hf.names()})
+    stamp = [(str(p), os.stat(p).st_size, os.stat(p).st_mtime_ns) for p in inputs]
+    plan = plan_id({"v": 1, "inputs": stamp, "dtype": dtype, "padded": padded, "iteration": iteration,
+                    "files": [[(c.key, c.offsets, c.sizes) for c in g] for g in groups], "objects": layout["objects"]})
+    stage = StagedDir(out, plan, overwrite).open()
+    it = stage.path(iter_dir_name(iteration))
+    it.mkdir(exist_ok=True)
+    done = {n: dcp.read_file_result(it / n) for n in names}
+    todo = [(i, n) for i, n in enumerate(names) if done[n] is None]
+    if stage.resumed and len(todo) < len(names):
+        log(f"resuming {stage.partial}: {len(names) - len(todo)} of {len(names)} data files already written", quiet)
+    prog = Progress("hf->mcore", sum(elem_bytes[id(c)] for i, _ in todo for c in groups[i]), quiet)
+    on_bytes = _kill_hook(prog.add)
+    try:
+        with ThreadPoolExecutor(max(1, min(workers, len(todo) or 1))) as pool:
+            futures = {n: pool.submit(dcp.write_file, it / n, groups[i], objects if i == 0 else [], on_bytes)
+                       for i, n in todo}
+            for n, f in futures.items():
+                done[n] = f.result()
+    except KeyboardInterrupt:
+        raise Hy3Error(f"interrupted; {stage.partial} holds the finished files, rerun the same command to resume") from None
+    seconds = prog.finish()
+    specs = [dcp.TensorSpec(k, tensors[k].shape, chunk_dtype(source, tensors[k])) for k in sorted({c.key for c in chunks})]
+    dcp.write_metadata(it, specs, [done[n] for n in names])
+    _write_common(it, iteration, cfg, padded, hf_dir)
+    (stage.partial / TRACKER).write_text(str(iteration))
+    (stage.partial / "args.json").write_text(json.dumps(
+        {"model": str(Path(hf_dir).resolve()), "tuner_type": "full", "mcore_model": None,
+         "padded_vocab_size": padded, "converted_by": f"megatron-hy {__version__}"}, indent=2) + "\n")
+    for n in names:
+        (it / (n + ".items.json")).unlink(missing_ok=True)
+    write_manifest(stage.partial, "torch_dist", {"hf_dir": str(Path(hf_dir).resolve()), "layout": hf.layout},
+                   {f"{iter_dir_name(iteration)}/{n}": (done[n].nbytes, done[n].sha256) for n in names})
+    stage.finish()
+    total = sum(d.nbytes for d in done.values())
+    log(f"wrote {out}: {len(tensors)} Megatron tensors in {len(chunks)} chunks, {len(names)} files, "
+        f"{human_bytes(total)} in {seconds:.1f}s", quiet)
+    return {"output": str(out), "tensors": len(tensors), "chunks": len(chunks), "files": len(names),
+            "bytes": total, "seconds": seconds}
+
+
+def _chunk_bytes(c, source, tensors) -> int:
+    import math
+
+    return math.prod(c.sizes) * torch_itemsize(source, tensors[c.key])
+
+
+def _write_common(it: Path, iteration: int, cfg: Hy3Config, padded: int, hf_dir) -> None:
+    import torch
+
+    args = Namespace(tensor_model_parallel_size=1, pipeline_model_parallel_size=1, expert_model_parallel_size=1,
+                     no_save_optim=True, no_save_rng=True, consumed_train_samples=0, padded_vocab_size=padded,
+                     hy3_converted_from=str(Path(hf_dir).resolve()), hy3_version=__version__)
+    common = {"args": args, "checkpoint_version": 3.0, "iteration": iteration, "content_metadata": CONTENT_METADATA}
+    torch.save(common, it / "common.pt")
+    (it / "metadata.json").write_text(json.dumps({"sharded_backend": "torch_dist", "sharded_backend_version": 1,
+                                                  "common_backend": "torch", "common_backend_version": 1}))
+
+
+def write_manifest(root: Path, kind: str, source: dict, files: dict) -> None:
+    data = {"format": kind, "created_by": f"megatron-hy {__version__}", "source": source,
+            "files": {k: {"bytes": n, "sha256": h} for k, (n, h) in sorted(files.items())}}
+    (root / MANIFEST).write_text(json.dumps(data, indent=2) + "\n")
+
+
+# --- Megatron -> HF -----------------------------------------------------------------------------
+
+def find_iteration_dir(root: str | Path, iteration: int | None = None) -> Path:
+    root = Path(root)
+    if not root.is_dir():
+        raise Hy3Error(f"{root}: not a directory")
+    if (root / "metadata.json").exists() and (root / dcp.METADATA).exists():
+        return root  # an iteration directory itself
+    if iteration is None:
+        tracker = root / TRACKER
+        if not tracker.exists():
+            raise Hy3Error(f"{root}: no {TRACKER} and no iter_* directory given; not a Megatron torch_dist checkpoint")
+        text = tracker.read_text().strip()
+        if not text.isdigit():
+            raise Hy3Error(f"{tracker}: expected an iteration number, found {text[:40]!r}")
+        iteration = int(text)
+    it = root / iter_dir_name(iteration)
+    if not it.is_dir():
+        raise Hy3Error(f"{root}: no {iter_dir_name(iteration)} directory for iteration {iteration}")
+    meta = it / "metadata.json"
+    if not meta.exists():
+        raise Hy3Error(f"{it}: no metadata.json; not a dist_checkpointing directory")
+    try:
+        backend = json.loads(meta.read_text()).get("sharded_backend")
+    except json.JSONDecodeError:
+        raise Hy3Error(f"{meta}: not valid JSON") from None
+    if backend != "torch_dist":
+        raise Hy3Error(f"{it}: sharded backend is {backend!r}; only torch_dist checkpoints are supported")
+    return it
+
+
+class MCoreSource:
+    """Rows of logical HF tensors, read from a torch_dist checkpoint through the mapping table."""
+
+    def __init__(self, reader: dcp.DcpReader, cfg: Hy3Config, padded: int):
+        self.reader, self.cfg = reader, cfg
+        self.tensors = mcore_tensors(cfg, padded)
+        self.where: dict[str, tuple] = {}
+        for t in self.tensors:
+            for e in range(t.experts or 1):
+                names = t.sources(e if t.experts is not None else None)
+                start = 0
+                for j, n in enumerate(names):
+                    self.where[n] = (t, e if t.experts is not None else None, j, start)
+                    start += self.shape(n)[0]
+        self._qkv: dict = {}
+
+    def shape(self, name: str) -> tuple:
+        return self._shapes()[name]
+
+    def _shapes(self):
+        if not hasattr(self, "_shape_cache"):
+            self._shape_cache = {t.name: t.shape for t in logical_tensors(self.cfg)}
+        return self._shape_cache
+
+    def dtype(self, name: str):
+        return self.reader.dtype(self.where[name][0].key)
+
+    def rows(self, name: str, r0: int, r1: int):
+        t, e, j, start = self.where[name]
+        if t.row.op == "qkv":
+            if t.key not in self._qkv:
+                full = self.reader.read(t.key, (0,) * len(t.shape), t.shape)
+                shapes = [self.shape(n) for n in t.hf]
+                self._qkv = {t.key: dict(zip(t.hf, from_mcore("qkv", full, shapes, self.cfg)))}
+            return self._qkv[t.key][name][r0:r1]
+        cols = tuple(t.shape[2:] if e is not None else t.shape[1:])
+        if e is not None:
+            x = self.reader.read(t.key, (e, start + r0) + (0,) * len(cols), (1, r1 - r0) + cols)
+            return x[0]
+        return self.reader.read(t.key, (start + r0,) + (0,) * len(cols), (r1 - r0,) + cols)
+
+
+def mcore_to_hf(mcore_dir: str | Path, out: str | Path, hf_config: str | Path, fmt: str = "inner",
+                iteration: int | None = None, workers: int = 4, max_shard_size: str = "5GB",
+                dtype: str | None = None, overwrite: bool = False, quiet: bool = False) -> dict:
+    import hashlib
+    import torch
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ..mapping import fused_parts
+    from ..safetensors_io import OutTensor, parse_size, plan_shards, shard_name, write_index, write_shard
+
+    if fmt not in ("inner", "outer"):
+        raise Hy3Error(f"--format must be inner or outer, not {fmt!r}")
+    cfg = load_config(hf_config)
+    it = find_iteration_dir(mcore_dir, iteration)
+    reader = dcp.DcpReader(it)
+    emb = "embedding.word_embeddings.weight"
+    if emb not in reader.tensors:
+        raise Hy3Error(f"{it}: no {emb}; not a Megatron GPT checkpoint")
+    padded = reader.shape(emb)[0]
+    if padded < cfg.vocab_size:
+        raise Hy3Error(f"{it}: embedding has {padded} rows, {hf_config}/config.json says vocab_size {cfg.vocab_size}")
+    src = MCoreSource(reader, cfg, padded)
+    _check_against_config(reader, src, it, hf_config)
+    names = {"bf16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16,
+             "bfloat16": torch.bfloat16, "float32": torch.float32, "float16": torch.float16}
+    if dtype is not None and dtype not in names:
+        raise Hy3Error(f"--dtype {dtype!r}: expected bf16, fp16 or fp32")
+    target = names.get(dtype) or names.get(cfg.dtype or "")
+
+    def out_dtype(name):
+        # HF Hy3 keeps the router's expert bias in fp32 (transformers: _keep_in_fp32_modules_strict)
+        if name.endswith("mlp.expert_bias"):
+            return torch.float32
+        d = src.dtype(name)
+        return target if (target is not None and d.is_floating_point) else d
+
+    def block_sources(name: str) -> list:
+        shape = src.shape(name)
+        row = 1
+        for s in shape[1:]:
+            row *= s
+        item = torch.empty((), dtype=out_dtype(name)).element_size()
+        step = max(1, CHUNK_BYTES // max(1, row * item))
+
+        def make(a, b):
+            return lambda: _tensor_bytes(src.rows(name, a, b).to(out_dtype(name)))
+        return [make(a, min(a + step, shape[0])) for a in range(0, shape[0], step)]
+
+    tensors: list[OutTensor] = []
+    fused = fused_parts(cfg)
+    seen = set()
+    for t in logical_tensors(cfg):
+        if fmt == "inner" or t.expert is None:
+            key = t.name if fmt == "inner" else t.outer_key
+            tensors.append(OutTensor(key, dtype_name(out_dtype(t.name)), t.shape, block_sources(t.name)))
+        elif t.outer_key not in seen:
+            seen.add(t.outer_key)
+            parts = fused[t.outer_key]
+            shape = (cfg.num_experts, sum(p.shape[0] for p in parts if p.expert == 0), parts[0].shape[1])
+            sources = [s for p in parts for s in block_sources(p.name)]
+            tensors.append(OutTensor(t.outer_key, dtype_name(out_dtype(parts[0].name)), shape, sources))
+    groups = plan_shards(tensors, parse_size(max_shard_size))
+    names = [shard_name(i, len(groups)) for i in range(len(groups))]
+    stamp = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(it.iterdir()) if p.is_file()]
+    stage = StagedDir(out, plan_id({"v": 1, "it": str(it.resolve()), "stamp": stamp, "fmt": fmt, "dtype": dtype,
+                                    "shard": max_shard_size, "config": cfg.summary()}), overwrite).open()
+    todo = [(n, g) for n, g in zip(names, groups) if not stage.has(n)]
+    if stage.resumed and len(todo) < len(groups):
+        log(f"resuming {stage.partial}: {len(groups) - len(todo)} of {len(groups)} shards already written", quiet)
+    prog = Progress("mcore->hf", sum(t.nbytes for _, g in todo for t in g), quiet)
+    on_bytes = _kill_hook(prog.add)
+    try:
+        with ThreadPoolExecutor(max(1, min(workers, len(todo) or 1))) as pool:
+            for f in [pool.submit(write_shard, stage.path(n), g, on_bytes) for n, g in todo]:
+                f.result()
+    except KeyboardInterrupt:
+        raise Hy3Error(f"interrupted; {stage.partial} holds the finished shards, rerun the same command to resume") from None
+    seconds = prog.finish()
+    total = sum(t.nbytes for t in tensors)
+    write_index(stage.partial, {t.key: n for n, g in zip(names, groups) for t in g}, total)
+    copy_other_files(sorted(p for p in Path(hf_config).iterdir() if _carried(p)), stage.partial)
+    files = {}
+    for n in names:
+        h = hashlib.sha256()
+        with open(stage.path(n), "rb") as f:
+            for block in iter(lambda: f.read(16 << 20), b""):
+                h.update(block)
+        files[n] = (stage.path(n).stat().st_size, h.hexdigest())
+    write_manifest(stage.partial, f"hf-{fmt}", {"mcore_dir": str(Path(mcore_dir).resolve()), "iteration_dir": it.name},
+                   files)
+    stage.finish()
+    log(f"wrote {out}: {len(tensors)} tensors ({fmt} layout) in {len(groups)} shards, {human_bytes(total)} "
+        f"in {seconds:.1f}s", quiet)
+    return {"output": str(out), "tensors": len(tensors), "shards": len(groups), "bytes": total, "seconds": seconds}
+
+
+def _carried(p: Path) -> bool:
+    return p.is_file() and not p.name.endswith(".safetensors") and p.name != "model.safetensors.index.json" \
+        and not p.name.startswith(".") and p.name != MANIFEST
+
+
+def _tensor_bytes(t) -> bytes:
+    import torch
+
+    return t.contiguous().view(-1).view(torch.uint8).numpy().tobytes()
+
+
+def _check_against_config(reader: dcp.DcpReader, src: MCoreSource, it: Path, hf_config) -> None:
+    model_keys = {k for k in reader.keys() if not k.startswith("optimizer.")}
+    table = {t.key: t for t in src.tensors}
+    missing = sorted(set(table) - model_keys)
+    if missing:
+        raise Hy3Error(f"{it}: missing tensor {missing[0]} that {hf_config}/config.json requires"
+                       + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+    extra = sorted(model_keys - set(table))
+    if extra:
+        raise Hy3Error(f"{it}: tensor {extra[0]} is not covered by the Hy3 mapping table for this config"
+                       + (f" (and {len(extra) - 1} more)" if len(extra) > 1 else ""))
+    for k, t in table.items():
+        if reader.shape(k) != tuple(t.shape):
+            raise Hy3Error(f"{it}: {k} has shape {list(reader.shape(k))}, {hf_config}/config.json implies {list(t.shape)}")
+
+
+# --- a live model through megatron-core's own checkpointing ----------------------------------------
+
+def save_with_megatron(model, out: str | Path, iteration: int = 1) -> Path:
+    """megatron-core's dist_checkpointing.save of a live model, laid out as ms-swift saves one.
+    Every rank calls it."""
+    import torch.distributed as dist
+    from megatron.core import dist_checkpointing
+    from megatron.core import parallel_state as ps
+
+    from .weights import model_sharded_state_dict
+
+    it = Path(out) / iter_dir_name(iteration)
+    if dist.get_rank() == 0:
+        it.mkdir(parents=True, exist_ok=True)
+    dist.barrier()
+    args = Namespace(tensor_model_parallel_size=ps.get_tensor_model_parallel_world_size(),
+                     pipeline_model_parallel_size=ps.get_pipeline_model_parallel_world_size(),
+                     expert_model_parallel_size=ps.get_expert_model_parallel_world_size(),
+                     no_save_optim=True, no_save_rng=True, consumed_train_samples=0)
+    state = {"model": model_sharded_state_dict(model), "args": args, "checkpoint_version": 3.0, "iteration": iteration}
+    dist_checkpointing.save(state, str(it), content_metadata=CONTENT_METADATA)
+    dist.barrier()
+    if dist.get_rank() == 0:
+        (Path(out) / TRACKER).write_text(str(iteration))
+    return it
+
+
+# --- loading into a live model through megatron-core ---------------------------------------------
+
+def load_mcore_into_model(model, mcore_dir: str | Path, iteration: int | None = None) -> None:
+    """What ms-swift does for --mcore_model: dist_checkpointing.load into the model's sharded state dict."""
+    from megatron.core import dist_checkpointing
+
+    from .weights import model_sharded_state_dict
+
+    it = find_iteration_dir(mcore_dir, iteration)
+    state = dist_checkpointing.load({"model": model_sharded_state_dict(model)}, str(it))
+    missing, unexpected = model.load_state_dict(state["model"], strict=False)
+    bad = [k for k in missing if not k.endswith("_extra_state")]
+    if bad:
+        raise Hy3Error(f"{it}: the checkpoint did not provide {bad[0]}")
+
+
+__all__ = ["hf_to_mcore", "mcore_to_hf", "load_mcore_into_model", "megatron_layout", "find_iteration_dir",
+           "FLOAT_DTYPES"]

@@ -1,0 +1,141 @@
+"""Offline HF <-> Megatron torch_dist conversion: byte-exact round trips, Megatron's own checkpoints,
+resume after a kill, and clear errors. (Loading our checkpoints into the model under TP2/EP2/PP2/TP2+EP2
+with parity is in test_megatron_parity.py.)"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import shutil
+
+import pytest
+
+from conftest import assert_ok, assert_one_error, load_tensors, run_cli, same_bits
+from megatron_hy.megatron.dist_ckpt import MANIFEST, TRACKER, hf_to_mcore, mcore_to_hf
+from megatron_hy.megatron.harness import run_distributed
+from megatron_hy.tiny import TinySpec, write_tiny
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("dist")
+    spec = TinySpec(layers=4)
+    inner = write_tiny(root / "inner", spec, "inner", seed=11)
+    outer = write_tiny(root / "outer", spec, "outer", seed=11)
+    return root, inner, outer
+
+
+@pytest.fixture(scope="module")
+def mcore(tiny):
+    root, inner, _ = tiny
+    out = root / "mcore"
+    assert_ok(run_cli("convert", "hf-to-mcore", str(inner), str(out), "--quiet", timeout=600))
+    return out
+
+
+def same_checkpoint(a, b):
+    ta, tb = load_tensors(a), load_tensors(b)
+    assert sorted(ta) == sorted(tb)
+    bad = [k for k in ta if not same_bits(ta[k], tb[k])]
+    assert not bad, bad[:5]
+
+
+def test_layout_on_disk(mcore):
+    assert (mcore / TRACKER).read_text() == "1"
+    it = mcore / "iter_0000001"
+    assert json.loads((it / "metadata.json").read_text())["sharded_backend"] == "torch_dist"
+    for name in (".metadata", "common.pt", "__0_0.distcp"):
+        assert (it / name).exists()
+    args = json.loads((mcore / "args.json").read_text())
+    assert args["tuner_type"] == "full" and args["model"]
+    manifest = json.loads((mcore / MANIFEST).read_text())
+    import hashlib
+
+    for rel, entry in manifest["files"].items():
+        data = (mcore / rel).read_bytes()
+        assert len(data) == entry["bytes"] and hashlib.sha256(data).hexdigest() == entry["sha256"]
+
+
+@pytest.mark.parametrize("fmt", ["inner", "outer"])
+def test_round_trip_from_inner_is_byte_exact(tiny, mcore, fmt, tmp_path):
+    root, inner, outer = tiny
+    out = tmp_path / "hf"
+    assert_ok(run_cli("convert", "mcore-to-hf", str(mcore), str(out), "--hf-config", str(inner),
+                      "--format", fmt, "--quiet", timeout=300))
+    same_checkpoint(inner if fmt == "inner" else outer, out)
+    assert (out / "config.json").read_text() == (inner / "config.json").read_text()
+    assert (out / MANIFEST).exists()
+
+
+def test_round_trip_from_outer_is_byte_exact(tiny, tmp_path):
+    root, inner, outer = tiny
+    hf_to_mcore(outer, tmp_path / "mc", quiet=True, workers=2)
+    mcore_to_hf(tmp_path / "mc", tmp_path / "hf", inner, fmt="outer", quiet=True)
+    same_checkpoint(outer, tmp_path / "hf")
+
+
+def test_megatron_saved_checkpoint_converts_byte_exactly(tiny, tmp_path):
+    """megatron-core's own dist_checkpointing.save under TP2 x EP2 (4 processes): column-split,
+    row-split and per-expert chunks, fp32 params; converted back to the bf16 HF checkpoint exactly."""
+    from mcore_jobs import save_with_megatron_from_hf
+
+    root, inner, _ = tiny
+    saved = tmp_path / "megatron-saved"
+    run_distributed(save_with_megatron_from_hf, 4, str(inner), str(saved), 2, 1, 2)
+    meta = pickle.loads((saved / "iter_0000001" / ".metadata").read_bytes())
+    qkv = meta.state_dict_metadata["decoder.layers.0.self_attention.linear_qkv.weight"]
+    assert len(qkv.chunks) == 2  # really saved from two TP ranks
+    mcore_to_hf(saved, tmp_path / "hf", inner, quiet=True)
+    same_checkpoint(inner, tmp_path / "hf")
+
+
+def test_resume_after_kill(tiny, mcore, tmp_path):
+    root, inner, _ = tiny
+    out = tmp_path / "mc"
+    killed = run_cli("convert", "hf-to-mcore", str(inner), str(out), "--workers", "1", "--max-file-size", "100KB",
+                     "--quiet", env={"HY3_TEST_KILL_AFTER_BYTES": "300000"}, timeout=600)
+    assert killed.returncode != 0 and not out.exists()
+    partial = out.with_name(out.name + ".partial")
+    finished = list((partial / "iter_0000001").glob("*.distcp"))
+    assert partial.exists() and finished, "expected some finished data files before the kill"
+    again = assert_ok(run_cli("convert", "hf-to-mcore", str(inner), str(out), "--workers", "1", "--max-file-size",
+                              "100KB", timeout=600))
+    assert "resuming" in again.stderr
+    assert not partial.exists()
+    mcore_to_hf(out, tmp_path / "hf", inner, quiet=True)
+    same_checkpoint(inner, tmp_path / "hf")
+
+    hf_out = tmp_path / "hf2"
+    killed = run_cli("convert", "mcore-to-hf", str(mcore), str(hf_out), "--hf-config", str(inner),
+                     "--max-shard-size", "150KB", "--workers", "1", env={"HY3_TEST_KILL_AFTER_BYTES": "300000"})
+    assert killed.returncode != 0 and not hf_out.exists()
+    again = assert_ok(run_cli("convert", "mcore-to-hf", str(mcore), str(hf_out), "--hf-config", str(inner),
+                              "--max-shard-size", "150KB", "--workers", "1"))
+    assert "resuming" in again.stderr
+    same_checkpoint(inner, hf_out)
+
+
+def test_mismatched_config_is_refused(tiny, mcore, tmp_path):
+    other = write_tiny(tmp_path / "other", TinySpec(layers=3), seed=1)
+    assert_one_error(run_cli("convert", "mcore-to-hf", str(mcore), str(tmp_path / "x"), "--hf-config", str(other)),
+                     "decoder.layers.3")
+    assert not (tmp_path / "x").exists()
+
+
+def test_missing_tensor_is_named(mcore, tiny, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(mcore, broken)
+    meta_path = broken / "iter_0000001" / ".metadata"
+    meta = pickle.loads(meta_path.read_bytes())
+    del meta.state_dict_metadata["decoder.layers.2.mlp.router.weight"]
+    meta_path.write_bytes(pickle.dumps(meta))
+    assert_one_error(run_cli("convert", "mcore-to-hf", str(broken), str(tmp_path / "x"), "--hf-config", str(tiny[1])),
+                     "missing tensor decoder.layers.2.mlp.router.weight")
+
+
+def test_not_a_checkpoint(tiny, tmp_path):
+    assert_one_error(run_cli("convert", "mcore-to-hf", str(tiny[1]), str(tmp_path / "x"), "--hf-config", str(tiny[1])),
+                     "not a Megatron torch_dist checkpoint")
+    assert_one_error(run_cli("convert", "hf-to-mcore", str(tmp_path), str(tmp_path / "y")), "config.json")
