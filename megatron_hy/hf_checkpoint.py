@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .check import compare_to_config
+from .check import compare_to_config, mixed_layout_message
 from .config import Hy3Config, load_config
 from .errors import Hy3Error
 from .mapping import Logical, detect_layout, logical_tensors
@@ -25,11 +25,11 @@ class HFCheckpoint:
         self.ck = open_checkpoint(self.root, strict=True)
         layout = detect_layout(self.ck.tensors)
         if layout == "mixed":
-            raise Hy3Error(f"{self.root}: mixes inner (per-expert) and outer (fused) expert keys")
+            raise Hy3Error(f"{self.root}: {mixed_layout_message(self.ck.tensors)}")
         self.layout = layout or "inner"
         problems = compare_to_config(self.ck, self.config, self.layout)
         if problems:
-            more = f" (and {len(problems) - MAX_REPORTED} more; run `hy3 check {self.root}`)" if len(problems) > MAX_REPORTED else ""
+            more = f" (and more; run `hy3 check {self.root}` for the full list)" if len(problems) > MAX_REPORTED else ""
             raise Hy3Error(f"{self.root}: does not match its config.json: " + "; ".join(problems[:MAX_REPORTED]) + more)
         self.logical: dict[str, Logical] = {t.name: t for t in logical_tensors(self.config)}
 

@@ -9,6 +9,7 @@ held in memory, and experts that straddle shards cost nothing extra.
 from __future__ import annotations
 
 import os
+import signal
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -50,10 +51,12 @@ def convert_layout(src_dir: str | Path, out_dir: str | Path, to: str, workers: i
                    max_shard_size: str = "5GB", overwrite: bool = False, quiet: bool = False) -> dict:
     if to not in ("inner", "outer"):
         raise Hy3Error(f"unknown layout {to!r}; expected inner or outer")
+    if workers < 1:
+        raise Hy3Error(f"--workers {workers}: expected at least 1")
     src = HFCheckpoint(src_dir)
     out_dir = Path(out_dir)
-    if out_dir.resolve() == src.root.resolve():
-        raise Hy3Error(f"{out_dir}: output directory must differ from the input")
+    if out_dir.resolve() == src.root.resolve() or out_dir.resolve() in src.root.resolve().parents:
+        raise Hy3Error(f"{out_dir}: output directory must differ from the input and not contain it")
     if src.layout == to:
         log(f"note: {src.root} is already in the {to} layout; re-sharding it", quiet)
     tensors = plan_layout(src, to)
@@ -69,17 +72,44 @@ def convert_layout(src_dir: str | Path, out_dir: str | Path, to: str, workers: i
     if stage.resumed:
         log(f"resuming {stage.partial}: {len(groups) - len(todo)} of {len(groups)} shards already written", quiet)
     prog = Progress(f"{src.layout}->{to}", sum(t.nbytes for _, g in todo for t in g), quiet)
+    on_bytes = _kill_hook(prog.add)
     try:
         with ThreadPoolExecutor(max(1, min(workers, len(todo) or 1))) as pool:
-            for f in [pool.submit(write_shard, stage.path(n), g, prog.add) for n, g in todo]:
-                f.result()
+            futures = [pool.submit(write_shard, stage.path(n), g, on_bytes) for n, g in todo]
+            try:
+                for f in futures:
+                    f.result()
+            except BaseException:
+                for f in futures:
+                    f.cancel()
+                raise
+        seconds = prog.finish()
+        weight_map = {t.key: n for n, g in zip(names, groups) for t in g}
+        write_index(stage.partial, weight_map, total)
+        skip = {out_dir.resolve(), stage.partial.resolve()}
+        copy_other_files([p for p in src.other_files() if p.resolve() not in skip], stage.partial)
+        stage.finish()
     except KeyboardInterrupt:
         raise Hy3Error(f"interrupted; {stage.partial} holds the finished shards, rerun the same command to resume") from None
-    seconds = prog.finish()
-    weight_map = {t.key: n for n, g in zip(names, groups) for t in g}
-    write_index(stage.partial, weight_map, total)
-    copy_other_files(src.other_files(), stage.partial)
-    stage.finish()
+    except OSError as e:
+        raise Hy3Error(f"{stage.partial}: {e.strerror or e} ({getattr(e, 'filename', None) or 'while writing'}); "
+                       "rerun the same command to resume") from None
     log(f"wrote {out_dir}: {len(tensors)} tensors in {len(groups)} shards, {human_bytes(total)} in {seconds:.1f}s", quiet)
     return {"output": str(out_dir), "tensors": len(tensors), "shards": len(groups), "bytes": total,
             "seconds": seconds, "from": src.layout, "to": to}
+
+
+def _kill_hook(on_bytes):
+    """Test hook: with HY3_TEST_KILL_AFTER_BYTES=N set, the process SIGKILLs itself once N bytes are
+    written, so tests can check resume after a real kill at a known point. Unset, it does nothing."""
+    limit = os.environ.get("HY3_TEST_KILL_AFTER_BYTES")
+    if not limit:
+        return on_bytes
+    done = [0]
+
+    def add(n: int) -> None:
+        on_bytes(n)
+        done[0] += n
+        if done[0] >= int(limit):
+            os.kill(os.getpid(), signal.SIGKILL)
+    return add

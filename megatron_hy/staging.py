@@ -35,13 +35,13 @@ class StagedDir:
         if self.out.exists() and not self.overwrite:
             raise Hy3Error(f"{self.out}: already exists; choose another output directory or pass --overwrite")
         marker = self.partial / PLAN_FILE
-        if self.partial.exists():
-            if marker.exists() and marker.read_text().strip() == self.plan:
-                self.resumed = sorted(p.name for p in self.partial.iterdir()
-                                      if p.name != PLAN_FILE and not p.name.endswith(".tmp"))
-            else:
-                shutil.rmtree(self.partial)
         try:
+            if self.partial.exists():
+                if marker.exists() and marker.read_text().strip() == self.plan:
+                    self.resumed = sorted(p.name for p in self.partial.iterdir()
+                                          if p.name != PLAN_FILE and not p.name.endswith(".tmp"))
+                else:
+                    _remove(self.partial)
             self.partial.mkdir(parents=True, exist_ok=True)
             marker.write_text(self.plan + "\n")
         except OSError as e:
@@ -55,22 +55,37 @@ class StagedDir:
         return (self.partial / name).exists()
 
     def finish(self) -> Path:
+        """Move the finished work into place; an old OUT (--overwrite) is removed only after that."""
         (self.partial / PLAN_FILE).unlink(missing_ok=True)
-        for p in self.partial.rglob("*.tmp"):
-            p.unlink()
-        if self.out.exists():
-            shutil.rmtree(self.out)
+        for p in self.partial.glob("*.tmp"):
+            _remove(p)
+        old = None
+        if self.out.exists() or self.out.is_symlink():
+            old = self.out.with_name(f"{self.out.name}.old-{os.getpid()}")
+            os.rename(self.out, old)
         os.rename(self.partial, self.out)
+        if old is not None:
+            _remove(old)
         return self.out
 
 
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink()
+
+
 def copy_other_files(files, dest: Path) -> None:
+    """Copy config, tokenizer and other small files; each appears under its name only when complete."""
     for p in files:
         target = dest / p.name
+        tmp = target.with_name(target.name + ".tmp")
         if p.is_dir():
-            if not target.exists():
-                shutil.copytree(p, target)
+            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.copytree(p, tmp)
+            if target.exists():
+                shutil.rmtree(target)
         else:
-            tmp = target.with_name(target.name + ".tmp")
             shutil.copy2(p, tmp)
-            os.replace(tmp, target)
+        os.replace(tmp, target)

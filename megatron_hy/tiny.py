@@ -168,8 +168,8 @@ def write_tiny(outdir: str | Path, spec: TinySpec, fmt: str = "inner", seed: int
     outdir = Path(outdir)
     if fmt not in ("inner", "outer"):
         raise Hy3Error(f"--format must be inner or outer, not {fmt!r}")
-    if outdir.exists() and any(outdir.iterdir()):
-        raise Hy3Error(f"{outdir}: exists and is not empty")
+    if outdir.exists() and (not outdir.is_dir() or any(outdir.iterdir())):
+        raise Hy3Error(f"{outdir}: exists and is not an empty directory")
     cfg = spec.config(dtype)
     state = build_state(cfg, seed, dtype)
     tensors = _ordered(cfg, state, fmt)
@@ -178,7 +178,10 @@ def write_tiny(outdir: str | Path, spec: TinySpec, fmt: str = "inner", seed: int
 
     tmp = outdir.with_name(outdir.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    try:
+        tmp.mkdir(parents=True)
+    except OSError as e:
+        raise Hy3Error(f"{outdir}: cannot write output here ({e.strerror})") from None
     weight_map = {}
     for n, group in enumerate(groups):
         name = shard_name(n, len(groups))

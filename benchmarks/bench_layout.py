@@ -1,0 +1,233 @@
+"""Benchmark `hy3 convert inner-to-outer` (and back) against `cp -r` of the same checkpoint, in one run.
+
+    .venv/bin/python benchmarks/bench_layout.py --reverse    # what docs/benchmarks.md records
+
+Builds a synthetic Hy3 at real widths (about 10.3 GB with 64 experts, 3 layers + MTP, 7 shards),
+then times `cp -r` of it and the converter, each as a child process followed by `sync` (so no run
+leaves its writeback to the next). Before every timed run the page cache is dropped when this user
+may (`/proc/sys/vm/drop_caches`), so each run reads from disk; the order alternates between repeats
+and the medians are compared. Peak RSS is the child's own high-water mark (VmHWM in /proc).
+Writes the results into docs/benchmarks.md (section "inner <-> outer") and prints them as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+from benchmarks._synthetic import synthetic_config, write_synthetic  # noqa: E402
+
+GB = 1e9
+START, END = "<!-- bench_layout: start -->", "<!-- bench_layout: end -->"
+
+
+def drop_caches() -> bool:
+    os.sync()
+    try:
+        Path("/proc/sys/vm/drop_caches").write_text("3\n")
+        return True
+    except OSError:
+        return False
+
+
+def timed(cmd: list[str], cold: bool) -> dict:
+    """Wall time of cmd + sync, the command's own time, and its peak RSS (VmHWM, polled every 20 ms).
+
+    VmHWM is read from /proc rather than taken from wait4's ru_maxrss: a forked child starts with a
+    copy of this process's page tables, so ru_maxrss would report at least this process's size."""
+    dropped = drop_caches() if cold else False
+    with tempfile.TemporaryFile() as err:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err)
+        peak = 0
+        while True:
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                break
+            peak = max(peak, vm_hwm(proc.pid))
+            time.sleep(0.02)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        t1 = time.perf_counter()
+        os.sync()
+        t2 = time.perf_counter()
+        if proc.returncode:
+            err.seek(0)
+            raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}): {err.read().decode()[-2000:]}")
+    return {"seconds": t2 - t0, "command_seconds": t1 - t0, "cpu_seconds": usage.ru_utime + usage.ru_stime,
+            "peak_rss_bytes": peak, "cache_dropped": dropped, "load_average": os.getloadavg()[0]}
+
+
+def vm_hwm(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0  # exited between wait4 and the read
+
+
+def remove(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+    os.sync()
+
+
+def hy3(*args) -> list[str]:
+    return [sys.executable, "-m", "megatron_hy.cli", *map(str, args)]
+
+
+def run(args) -> dict:
+    work = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="hy3-bench-layout-"))
+    work.mkdir(parents=True, exist_ok=True)
+    src, outer, back, copy = work / "inner", work / "outer", work / "inner-again", work / "copy"
+    cfg = synthetic_config(args.experts, args.layers, args.dense_layers, args.mtp)
+    try:
+        t = time.perf_counter()
+        built = write_synthetic(src, cfg, args.shards,
+                                on_shard=lambda n, b: print(f"  built {n} ({b / GB:.2f} GB)", file=sys.stderr))
+        os.sync()
+        print(f"built {built['bytes'] / GB:.2f} GB in {time.perf_counter() - t:.0f}s: {built}", file=sys.stderr)
+
+        jobs = {"cp": (["cp", "-r", str(src), str(copy)], copy),
+                "inner_to_outer": (hy3("convert", "inner-to-outer", src, outer, "--quiet", "--workers", args.workers), outer),
+                "outer_to_inner": (hy3("convert", "outer-to-inner", outer, back, "--quiet", "--workers", args.workers), back)}
+        runs = {name: [] for name in jobs}
+        checks = {}
+        for r in range(args.repeats):
+            order = ["cp", "inner_to_outer"] if r % 2 == 0 else ["inner_to_outer", "cp"]
+            for name in order + (["outer_to_inner"] if args.reverse else []):
+                cmd, out = jobs[name]
+                res = timed(cmd, cold=not args.warm)
+                runs[name].append(res)
+                if r == 0 and name != "cp":  # untimed: the output is a clean checkpoint
+                    checks[name] = subprocess.run(hy3("check", out, "--spot-check", "1"), capture_output=True).returncode == 0
+                print(f"  run {r + 1} {name}: {res['seconds']:.1f}s, peak RSS {res['peak_rss_bytes'] / 2**20:.0f} MiB",
+                      file=sys.stderr)
+                if not (name == "inner_to_outer" and args.reverse):  # outer-to-inner reads it next
+                    remove(out)
+            remove(outer)
+        checks["input"] = subprocess.run(hy3("check", src, "--spot-check", "1"), capture_output=True).returncode == 0
+    finally:
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+    return summarize(args, cfg, built, runs, checks)
+
+
+def summarize(args, cfg, built: dict, runs: dict, checks: dict) -> dict:
+    def med(name):
+        return statistics.median(r["seconds"] for r in runs[name])
+
+    cp = med("cp")
+    result = {
+        "checkpoint": {"bytes": built["bytes"], "tensors": built["tensors"], "shards": built["shards"],
+                       "experts": cfg.num_experts, "layers": cfg.num_layers, "mtp_layers": cfg.num_mtp_layers,
+                       "hidden": cfg.hidden_size, "expert_ffn": cfg.moe_ffn, "vocab": cfg.vocab_size,
+                       "straddling_layers": built["straddling_layers"]},
+        "passes_hy3_check": checks,
+        "machine": {"cpus": os.cpu_count(), "kernel": platform.release(), "python": platform.python_version()},
+        "method": {"repeats": args.repeats, "workers": args.workers, "timed": "child process + sync",
+                   "page_cache": "dropped before each run" if all(r["cache_dropped"] for v in runs.values() for r in v)
+                   else "not dropped (warm or not permitted); order alternated",
+                   "statistic": "median", "command": " ".join(["benchmarks/bench_layout.py"] + sys.argv[1:])},
+        "cp_seconds": cp,
+        "runs": runs,
+    }
+    for name in ("inner_to_outer", "outer_to_inner"):
+        if runs[name]:
+            paired = [r["seconds"] / c["seconds"] for r, c in zip(runs[name], runs["cp"])]
+            result[name] = {"seconds": med(name), "ratio_to_cp": med(name) / cp,
+                            "ratio_to_cp_same_repeat": [round(x, 3) for x in paired],
+                            "gb_per_s": built["bytes"] / GB / med(name),
+                            "peak_rss_bytes": max(r["peak_rss_bytes"] for r in runs[name])}
+    return result
+
+
+def markdown(res: dict) -> str:
+    c = res["checkpoint"]
+    loads = [r["load_average"] for v in res["runs"].values() for r in v]
+    load = (min(loads), max(loads))
+    rows = [("`cp -r`", res["cp_seconds"], 1.0, max(r["peak_rss_bytes"] for r in res["runs"]["cp"]))]
+    for name, label in (("inner_to_outer", "`hy3 convert inner-to-outer`"), ("outer_to_inner", "`hy3 convert outer-to-inner`")):
+        if name in res:
+            rows.append((label, res[name]["seconds"], res[name]["ratio_to_cp"], res[name]["peak_rss_bytes"]))
+    lines = [
+        "## inner <-> outer",
+        "",
+        f"Synthetic Hy3 at real widths (hidden {c['hidden']}, expert FFN {c['expert_ffn']}, vocab {c['vocab']}), "
+        f"{c['experts']} experts, {c['layers']} layers + {c['mtp_layers']} MTP layer: {c['bytes'] / GB:.2f} GB in "
+        f"{c['tensors']} tensors and {c['shards']} shards (experts of layers {c['straddling_layers']} straddle shard "
+        f"files). {res['machine']['cpus']} CPUs, kernel {res['machine']['kernel']}. Each time is the {res['method']['statistic']} "
+        f"of {res['method']['repeats']} runs of the command plus `sync`; page cache {res['method']['page_cache']}; "
+        f"converter `--workers {res['method']['workers']}`; 1-minute load average {load[0]:.1f} to {load[1]:.1f} "
+        "(other work on the machine makes single runs vary). Produced by "
+        f"`{res['method']['command']}`.",
+        "",
+        "| command | seconds | vs `cp -r` | GB/s | peak RSS |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for label, sec, ratio, rss in rows:
+        lines.append(f"| {label} | {sec:.1f} | {ratio:.2f}x | {c['bytes'] / GB / sec:.2f} | {rss / 2**20:.0f} MiB |")
+    for name in ("inner_to_outer", "outer_to_inner"):
+        if name in res:
+            ratios = ", ".join(f"{x:.2f}" for x in res[name]["ratio_to_cp_same_repeat"])
+            lines += ["", f"{name.replace('_', '-')} / `cp -r` within each repeat: {ratios}."]
+    lines += ["", "Targets: at most 1.2x the `cp -r` time and at most 1 GiB peak RSS.", "",
+              "<details><summary>raw results (JSON)</summary>", "", "```json", compact_json(res), "```", "",
+              "</details>"]
+    return "\n".join(lines)
+
+
+def compact_json(res: dict) -> str:
+    """Valid JSON, one line per top-level entry and per timed run."""
+    def runs(v):
+        return "{\n" + ",\n".join(f"  {json.dumps(name)}: [\n" + ",\n".join(f"   {json.dumps(r)}" for r in rs) + "\n  ]"
+                                    for name, rs in v.items()) + "\n }"
+    return "{\n" + ",\n".join(f" {json.dumps(k)}: {runs(v) if k == 'runs' else json.dumps(v)}"
+                                for k, v in res.items()) + "\n}"
+
+
+def write_doc(path: Path, section: str, start: str = START, end: str = END) -> None:
+    text = path.read_text() if path.exists() else "# Benchmarks\n\nNumbers measured by the scripts in `benchmarks/`.\n"
+    block = f"{start}\n{section}\n{end}"
+    if start in text and end in text:
+        text = text[:text.index(start)] + block + text[text.index(end) + len(end):]
+    else:
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
+    path.write_text(text)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--workdir", help="where to build and convert (default: a new directory under /tmp, deleted at the end)")
+    p.add_argument("--keep", action="store_true", help="keep the work directory")
+    p.add_argument("--experts", type=int, default=64, help="routed experts per MoE layer (default 64)")
+    p.add_argument("--layers", type=int, default=3, help="decoder layers (default 3)")
+    p.add_argument("--dense-layers", type=int, default=1, help="leading dense layers (default 1)")
+    p.add_argument("--mtp", type=int, default=1, help="MTP layers (default 1)")
+    p.add_argument("--shards", type=int, default=7, help="input shard files (default 7)")
+    p.add_argument("--repeats", type=int, default=5, help="timed runs of each command (default 5)")
+    p.add_argument("--workers", type=int, default=8, help="converter --workers (default 8, its default)")
+    p.add_argument("--reverse", action="store_true", help="also time outer-to-inner")
+    p.add_argument("--warm", action="store_true", help="do not drop the page cache before each run")
+    p.add_argument("--doc", default=str(REPO / "docs" / "benchmarks.md"), help="markdown file to update ('' = none)")
+    args = p.parse_args()
+    res = run(args)
+    print(json.dumps({k: v for k, v in res.items() if k != "runs"}, indent=1))
+    if args.doc:
+        write_doc(Path(args.doc), markdown(res))
+        print(f"updated {args.doc}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,128 @@
+"""Shared fixtures and helpers: tiny Hy3 checkpoints built once per session, and the real `hy3` CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+# --- the real CLI, as a user runs it -------------------------------------------------------------
+
+def run_cli(*args, env: dict | None = None, cwd=None, timeout: float = 120) -> subprocess.CompletedProcess:
+    """`hy3 ARGS...` in a fresh process (the same interpreter and package as the tests)."""
+    return run_python("-m", "megatron_hy.cli", *args, env=env, cwd=cwd, timeout=timeout)
+
+
+def run_python(*args, env: dict | None = None, cwd=None, timeout: float = 120) -> subprocess.CompletedProcess:
+    full_env = dict(os.environ)
+    full_env.pop("HY3_TEST_KILL_AFTER_BYTES", None)
+    full_env.update(env or {})
+    return subprocess.run([sys.executable, *map(str, args)], capture_output=True, text=True, env=full_env,
+                          cwd=cwd or REPO, timeout=timeout)
+
+
+def assert_ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    assert proc.returncode == 0, f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    return proc
+
+
+def assert_one_error(proc: subprocess.CompletedProcess, *must_contain: str) -> str:
+    """A user error: non-zero exit, exactly one `hy3: error:` line containing each given text, no traceback."""
+    assert proc.returncode != 0, f"expected failure, got exit 0\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    assert "Traceback" not in proc.stderr, proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("hy3: error:")]
+    assert len(lines) == 1, f"expected one 'hy3: error:' line in stderr:\n{proc.stderr}"
+    for text in must_contain:
+        assert str(text) in lines[0], f"{text!r} not in: {lines[0]}"
+    return lines[0]
+
+
+# --- reading checkpoints independently of the package (the safetensors library) ----------------
+
+def load_tensors(root: Path) -> dict:
+    """Every tensor of a checkpoint directory, read with the safetensors library."""
+    from safetensors.torch import load_file
+
+    out = {}
+    for f in sorted(Path(root).glob("*.safetensors")):
+        for k, v in load_file(f).items():
+            assert k not in out, f"{k} appears in two shards"
+            out[k] = v
+    return out
+
+
+def same_bits(a, b) -> bool:
+    import torch
+
+    return a.dtype == b.dtype and a.shape == b.shape and torch.equal(
+        a.contiguous().view(-1).view(torch.uint8), b.contiguous().view(-1).view(torch.uint8))
+
+
+def read_index(root: Path) -> dict:
+    return json.loads((Path(root) / "model.safetensors.index.json").read_text())
+
+
+def files_bytes(root: Path) -> dict[str, bytes]:
+    """Relative path -> content, for every file under root."""
+    root = Path(root)
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def copy_checkpoint(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+def first_shard(root: Path) -> Path:
+    return root / sorted(set(read_index(root)["weight_map"].values()))[0]
+
+
+def rewrite(root: Path, key: str, value=None) -> Path:
+    """Replace (or with value None, drop) one tensor in its shard and in the index, using safetensors."""
+    from safetensors.torch import load_file, save_file
+
+    index = read_index(root)
+    shard = root / index["weight_map"][key]
+    tensors = load_file(shard)
+    if value is None:
+        del tensors[key], index["weight_map"][key]
+    else:
+        tensors[key] = value
+    save_file(tensors, shard, metadata={"format": "pt"})
+    (root / "model.safetensors.index.json").write_text(json.dumps(index))
+    return shard
+
+
+# --- tiny checkpoints, built once per session by transformers' HYV3ForCausalLM -------------------
+
+@pytest.fixture(scope="session")
+def tiny_inner(tmp_path_factory) -> Path:
+    """Published (per-expert) layout, transformers' config spelling, seed 0. Treat as read-only."""
+    from megatron_hy.tiny import TinySpec, write_tiny
+
+    return write_tiny(tmp_path_factory.mktemp("fixtures") / "tiny-inner", TinySpec(), fmt="inner", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_outer(tmp_path_factory) -> Path:
+    """The same model (seed 0) written directly in the fused layout by make-tiny. Treat as read-only."""
+    from megatron_hy.tiny import TinySpec, write_tiny
+
+    return write_tiny(tmp_path_factory.mktemp("fixtures") / "tiny-outer", TinySpec(), fmt="outer", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_tencent(tmp_path_factory) -> Path:
+    """The same model (seed 0), inner layout, with Tencent's config.json spelling. Treat as read-only."""
+    from megatron_hy.tiny import TinySpec, write_tiny
+
+    return write_tiny(tmp_path_factory.mktemp("fixtures") / "tiny-tencent", TinySpec(), fmt="inner", seed=0,
+                      config_style="tencent")
