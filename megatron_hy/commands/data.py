@@ -1,0 +1,211 @@
+"""`hy3 data ...`: validate, convert, encode and inspect Hy3 SFT data."""
+
+from __future__ import annotations
+
+ROW_FORMAT = ("A Hy3 row is one JSON object: {\"reasoning_effort\": \"high|low|no_think\" (optional, default "
+              "no_think), \"tools\": [...] (optional), \"messages\": [{\"role\": \"system|user|assistant|tool\", "
+              "\"content\": ..., assistant only: \"reasoning_content\", \"tool_calls\", \"loss\"}]}. "
+              "See docs/data.md.")
+
+
+def register(sub) -> None:
+    p = sub.add_parser("data", help="validate, convert and encode Hy3 SFT data",
+                       description="Hy3 SFT data with per-row reasoning effort and reasoning_content. " + ROW_FORMAT)
+    d = p.add_subparsers(dest="data_command", metavar="SUBCOMMAND", required=True)
+
+    q = d.add_parser("validate", help="check rows; every problem as file:line",
+                     description="Check JSON or JSONL files of Hy3 rows, streamed (any size): schema, role order, "
+                                 "reasoning_effort values, reasoning_content consistency, tool-call shape, empty "
+                                 "turns, control tokens inside text. Exit 1 when any row has an error. " + ROW_FORMAT)
+    q.add_argument("files", nargs="+", metavar="FILE", help=".jsonl (one row per line) or .json (an array of rows)")
+    q.add_argument("--json", action="store_true", help="print every finding as one JSON object")
+    q.add_argument("--show", type=int, default=50, metavar="N",
+                   help="print at most N errors and N warnings, count the rest (default 50)")
+    q.set_defaults(func=run_validate)
+
+    q = d.add_parser("convert", help="ShareGPT, old Hunyuan or Alpaca rows to Hy3 rows",
+                     description="Convert rows to Hy3 rows (JSONL). hunyuan-legacy: <think>..</think><answer>.."
+                                 "</answer> assistant text becomes reasoning_content, a /no_think (or /think) prefix "
+                                 "on the last user turn becomes reasoning_effort no_think (high); rows with reasoning "
+                                 "become high. sharegpt: conversations with from/value (or messages with role/"
+                                 "content), function_call and observation turns as tool calls and results. alpaca: "
+                                 "instruction/input/output/history. Keys with no place in a Hy3 row are kept under "
+                                 "'meta'. Every row not converted is reported with its file:line and reason.")
+    q.add_argument("--from", dest="fmt", required=True, choices=["sharegpt", "hunyuan-legacy", "alpaca"],
+                   help="the input format")
+    q.add_argument("input", metavar="IN", help="input .json or .jsonl")
+    q.add_argument("output", metavar="OUT", help="output .jsonl (written as OUT.partial, renamed when complete)")
+    q.add_argument("--skip-bad", action="store_true",
+                   help="write the rows that convert and report the others (default: write nothing if any row "
+                        "cannot be converted)")
+    q.set_defaults(func=run_convert)
+
+    q = d.add_parser("encode", help="rows -> input_ids and labels (JSONL, and an ms-swift cached dataset)",
+                     description="Encode Hy3 rows as Hy3's chat template renders them for training and write one "
+                                 "JSON line per example: input_ids, labels (-100: no loss), lengths, source "
+                                 "(file:line), and position_ids when packed. The input is validated first; nothing "
+                                 "is written if any row has an error.")
+    q.add_argument("input", metavar="FILE", help="Hy3 rows, .jsonl or .json")
+    q.add_argument("output", metavar="OUT", help="output .jsonl (written as OUT.partial, renamed when complete)")
+    _encoder_args(q)
+    q.add_argument("--max-length", type=int, metavar="N", help="longest example in tokens (default: no limit)")
+    q.add_argument("--overflow", choices=["skip", "truncate", "error"], default="skip",
+                   help="an example longer than --max-length: skip it and report it (default), keep its first N "
+                        "tokens, or stop with an error")
+    q.add_argument("--pack", action="store_true",
+                   help="pack examples into rows of at most --max-length tokens (best-fit decreasing); "
+                        "position_ids restart at each example so Megatron keeps them apart")
+    q.add_argument("--swift-dataset", metavar="DIR",
+                   help="also write an Arrow dataset for `megatron sft --cached_dataset DIR` (use with "
+                        "--custom_register_path $(hy3 data plugin-path) --template hy3)")
+    q.add_argument("--quiet", action="store_true", help="no progress lines")
+    q.set_defaults(func=run_encode)
+
+    q = d.add_parser("stats", help="length histogram, tokens in the loss, over-length rows",
+                     description="Statistics of Hy3 rows (encoded with --tokenizer) or of `hy3 data encode` output.")
+    q.add_argument("input", metavar="FILE", help="Hy3 rows or encoded rows (.jsonl or .json)")
+    q.add_argument("--tokenizer", metavar="DIR", help="tokenizer directory (needed for Hy3 rows, not for encoded ones)")
+    q.add_argument("--variant", choices=["release", "preview"],
+                   help="token set (default: from the tokenizer's bos_token)")
+    q.add_argument("--loss-mode", choices=["all", "last", "per-turn"], default="all",
+                   help="which assistant turns are in the loss (default all)")
+    q.add_argument("--max-length", type=int, metavar="N", help="count and list examples longer than N tokens")
+    q.add_argument("--json", action="store_true", help="print one JSON object")
+    q.set_defaults(func=run_stats)
+
+    q = d.add_parser("check-template", help="rows where our renderer and the model's chat template disagree",
+                     description="Encode every row with the native renderer and with the chat template in MODEL_DIR "
+                                 "(apply_chat_template with is_training=True and the row's reasoning_effort) and "
+                                 "report each row where ids or labels differ, with the text where they part. "
+                                 "Exit 1 when any row disagrees.")
+    q.add_argument("model_dir", metavar="MODEL_DIR", help="directory with the tokenizer and its chat template")
+    q.add_argument("input", metavar="FILE", help="Hy3 rows, .jsonl or .json")
+    q.add_argument("--variant", choices=["release", "preview"],
+                   help="token set (default: from the tokenizer's bos_token)")
+    q.add_argument("--loss-mode", choices=["all", "last", "per-turn"], default="all",
+                   help="compare the examples of this loss mode (default all; per-turn also renders each turn's "
+                        "reasoning)")
+    q.add_argument("--preserved-thinking", choices=["default", "true", "false"], default="default",
+                   help="keep reasoning in turns before the last user turn: default follows the template "
+                        "(only when the row has tools)")
+    q.add_argument("--show", type=int, default=20, metavar="N", help="print at most N disagreements (default 20)")
+    q.set_defaults(func=run_check_template)
+
+    q = d.add_parser("plugin-path", help="print the path of the ms-swift plugin file",
+                     description="Print the path of megatron_hy/data/swift_plugin.py, for `megatron sft "
+                                 "--custom_register_path $(hy3 data plugin-path) --template hy3` (hy3_preview for "
+                                 "Hy3 preview).")
+    q.set_defaults(func=run_plugin_path)
+
+    q = d.add_parser("standin-tokenizer", help="write the small stand-in tokenizer that knows Hy3's tokens",
+                     description="Write a 512-entry byte-level tokenizer with Hy3's release and preview control "
+                                 "tokens and a chat template that follows Hy3's documented rules (for trying the "
+                                 "data tools without the real tokenizer).")
+    q.add_argument("outdir", metavar="DIR", help="output directory")
+    q.add_argument("--variant", choices=["release", "preview"], default="release",
+                   help="which token set's BOS/eos/template the tokenizer uses (default release)")
+    q.set_defaults(func=run_standin)
+
+
+def _encoder_args(q) -> None:
+    q.add_argument("--tokenizer", metavar="DIR", required=True, help="tokenizer directory (the model directory)")
+    q.add_argument("--variant", choices=["release", "preview"],
+                   help="token set (default: from the tokenizer's bos_token)")
+    q.add_argument("--loss-mode", choices=["all", "last", "per-turn"], default="all",
+                   help="all: every assistant turn in one example (default); last: the final assistant turn "
+                        "only; per-turn: one example per assistant turn. A message's \"loss\": true/false "
+                        "overrides the mode for that turn")
+    q.add_argument("--backend", choices=["native", "jinja"], default="native",
+                   help="native: our renderer (fast, default); jinja: the tokenizer's own chat template")
+    q.add_argument("--preserved-thinking", choices=["default", "true", "false"], default="default",
+                   help="keep reasoning in turns before the last user turn: default follows Hy3's template "
+                        "(only when the row has tools)")
+
+
+def _preserved(v: str) -> bool | None:
+    return {"default": None, "true": True, "false": False}[v]
+
+
+def _encoder(args, path: str, backend: str):
+    from ..data.encode import Encoder, load_tokenizer
+
+    tok = load_tokenizer(path)
+    return Encoder(tok, variant=args.variant, loss_mode=args.loss_mode, backend=backend,
+                   preserved_thinking=_preserved(getattr(args, "preserved_thinking", "default")), where=path)
+
+
+def run_validate(args) -> int:
+    from ..data.validate import validate_files
+
+    rep = validate_files(args.files)
+    print(rep.to_json() if args.json else rep.to_text(args.show))
+    return 0 if rep.ok else 1
+
+
+def run_convert(args) -> int:
+    from ..data.convert import convert_file
+
+    s = convert_file(args.input, args.output, args.fmt, skip_bad=args.skip_bad)
+    print(s.text(args.output))
+    return 0
+
+
+def run_encode(args) -> int:
+    from ..data.output import encode_file
+
+    enc = _encoder(args, args.tokenizer, args.backend)
+    s = encode_file(args.input, args.output, enc, max_length=args.max_length, overflow=args.overflow,
+                    pack=args.pack, swift_dataset=args.swift_dataset, quiet=args.quiet)
+    print(s.text(args.output))
+    if args.swift_dataset:
+        print(f"{args.swift_dataset}: ms-swift cached dataset (megatron sft --cached_dataset {args.swift_dataset} "
+              f"--custom_register_path {_plugin()} --template {'hy3_preview' if enc.ts.name == 'preview' else 'hy3'})")
+    return 0
+
+
+def run_stats(args) -> int:
+    from ..data.stats import stats_file, stats_json
+
+    enc = _encoder(args, args.tokenizer, "native") if args.tokenizer else None
+    st = stats_file(args.input, enc, args.max_length)
+    print(stats_json(st) if args.json else st.text())
+    return 0
+
+
+def run_check_template(args) -> int:
+    from ..data.check_template import check_template
+    from ..data.encode import Encoder, load_tokenizer
+    from ..data.validate import require_valid
+
+    tok = load_tokenizer(args.model_dir)
+    kw = dict(variant=args.variant, loss_mode=args.loss_mode, preserved_thinking=_preserved(args.preserved_thinking),
+              where=args.model_dir)
+    require_valid(args.input)
+    res = check_template(args.input, Encoder(tok, backend="native", **kw), Encoder(tok, backend="jinja", **kw))
+    for d in res.disagreements[:args.show]:
+        print(d)
+    if len(res.disagreements) > args.show:
+        print(f"... and {len(res.disagreements) - args.show} more")
+    verdict = "OK" if not res.disagreements else "DISAGREE"
+    print(f"{verdict}: {res.rows} rows, {res.examples} examples, {len(res.disagreements)} disagreements between the "
+          f"native renderer and {args.model_dir}'s chat template")
+    return 0 if not res.disagreements else 1
+
+
+def _plugin() -> str:
+    from pathlib import Path
+
+    return str(Path(__file__).resolve().parent.parent / "data" / "swift_plugin.py")  # a file ms-swift imports by path
+
+
+def run_plugin_path(args) -> int:
+    print(_plugin())
+    return 0
+
+
+def run_standin(args) -> int:
+    from ..data.tokenizer import write_standin_tokenizer
+
+    out = write_standin_tokenizer(args.outdir, variant=args.variant)
+    print(f"{out}: stand-in Hy3 {args.variant} tokenizer (tokenizer.json, tokenizer_config.json with chat template)")
+    return 0
