@@ -13,6 +13,7 @@ import json
 import math
 import os
 import struct
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Union
@@ -188,7 +189,33 @@ def open_checkpoint(root: str | Path, strict: bool = True) -> Checkpoint:
 
 def read_bytes(path: Path, offset: int, nbytes: int) -> bytearray:
     buf = bytearray(nbytes)
-    view = memoryview(buf)
+    _read_into(path, offset, nbytes, memoryview(buf))
+    return buf
+
+
+_local = threading.local()
+
+
+def read_array(path: Path, offset: int, nbytes: int, reuse: bool = False, drop_cache: bool = False):
+    """Like read_bytes, into an uninitialized numpy uint8 array (large reads are hot paths).
+
+    reuse: read into this thread's scratch buffer (valid until the thread's next reuse read).
+    drop_cache: tell the kernel these file pages will not be read again.
+    """
+    import numpy as np
+
+    if reuse:
+        buf = getattr(_local, "buf", None)
+        if buf is None or buf.nbytes < nbytes:
+            buf = _local.buf = np.empty(max(nbytes, 1 << 20), dtype=np.uint8)
+        arr = buf[:nbytes]
+    else:
+        arr = np.empty(nbytes, dtype=np.uint8)
+    _read_into(path, offset, nbytes, memoryview(arr), drop_cache)
+    return arr
+
+
+def _read_into(path: Path, offset: int, nbytes: int, view: memoryview, drop_cache: bool = False) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         got = 0
@@ -197,9 +224,10 @@ def read_bytes(path: Path, offset: int, nbytes: int) -> bytearray:
             if n <= 0:
                 raise Hy3Error(f"{path}: truncated at byte {offset + got}")
             got += n
+        if drop_cache and hasattr(os, "posix_fadvise"):
+            os.posix_fadvise(fd, offset, nbytes, os.POSIX_FADV_DONTNEED)
     finally:
         os.close(fd)
-    return buf
 
 
 def read_tensor(info: TensorInfo, start: int = 0, end: int | None = None):
@@ -291,8 +319,11 @@ def shard_size(tensors: list[OutTensor]) -> int:
     return len(header_bytes(tensors)) + sum(t.nbytes for t in tensors)
 
 
-def write_shard(path: Path, tensors: list[OutTensor], on_bytes=None) -> None:
-    """Write a safetensors file under a temporary name, stream every source in, then rename."""
+def write_shard(path: Path, tensors: list[OutTensor], on_bytes=None, digest=None) -> None:
+    """Write a safetensors file under a temporary name, stream every source in, then rename.
+
+    digest: a hash object to update with every byte written; only for in-memory sources (bytes made
+    here pass through this process; file ranges copied by the kernel do not)."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     fds: dict[Path, int] = {}
@@ -301,11 +332,16 @@ def write_shard(path: Path, tensors: list[OutTensor], on_bytes=None) -> None:
     except OSError as e:
         raise Hy3Error(f"{tmp}: cannot write ({e.strerror})") from None
     try:
-        _write_all(dst, header_bytes(tensors))
+        header = header_bytes(tensors)
+        _write_all(dst, header)
+        if digest is not None:
+            digest.update(header)
         for t in tensors:
             written = 0
             for src in t.sources:
                 if isinstance(src, tuple):
+                    if digest is not None:
+                        raise ValueError("write_shard: a digest needs in-memory sources")
                     file, off, n = src
                     if file not in fds:
                         fds[file] = _open_source(file)
@@ -314,6 +350,8 @@ def write_shard(path: Path, tensors: list[OutTensor], on_bytes=None) -> None:
                     data = src() if callable(src) else src  # a callable makes its bytes only when written
                     n = memoryview(data).nbytes
                     _write_all(dst, data)
+                    if digest is not None:
+                        digest.update(data)
                 written += n
                 if on_bytes:
                     on_bytes(n)

@@ -75,7 +75,8 @@ def run_hf_to_mcore(args) -> int:
     from ..megatron.dist_ckpt import hf_to_mcore
 
     hf_to_mcore(args.input, args.output, workers=args.workers, dtype=args.dtype, padded_vocab=args.padded_vocab,
-                iteration=args.iteration, overwrite=args.overwrite, quiet=args.quiet, max_file_size=args.max_file_size)
+                iteration=args.iteration, overwrite=args.overwrite, quiet=args.quiet, max_file_size=args.max_file_size,
+                in_process=True)
     return 0
 
 

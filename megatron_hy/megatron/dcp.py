@@ -13,6 +13,7 @@ it, and the reader reads only the chunks that overlap the region asked for.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -56,45 +57,92 @@ class FileResult:
     name: str
     items: list = field(default_factory=list)  # (key, offsets, sizes, byte offset, length); objects: None offsets
     nbytes: int = 0
-    sha256: str = ""
+    sha256: str = ""  # xxh3-128 of the file, hex (name kept for the manifest writer)
+
+
+class _HashingWriter:
+    """The file object torch.save writes into: every byte also goes into the checksum, none is copied."""
+
+    def __init__(self, f, digest):
+        self.f, self.digest = f, digest
+
+    def write(self, data) -> int:
+        self.digest.update(data)
+        return self.f.write(data)
+
+    def flush(self) -> None:
+        self.f.flush()
 
 
 def write_file(path: Path, chunks: list[Chunk], objects: list[ObjectItem], on_bytes=None) -> FileResult:
-    """One data file: byte objects first, then tensor chunks, each torch.save'd in turn."""
-    import hashlib
+    """One data file: byte objects first, then tensor chunks, each torch.save'd straight into the file
+    (as DCP's own writer does), then flushed to disk and dropped from the page cache.
 
+    torch.save is told not to compute the zip CRC32 of each record (torch.load does not check it and
+    it costs as much as the copy); the file's own checksum (xxh3-128) goes to the manifest instead.
+    """
     import torch
+    import xxhash
 
     tmp = path.with_name(path.name + ".tmp")
     res = FileResult(path.name)
-    digest = hashlib.sha256()
+    digest = xxhash.xxh3_128()
     with open(tmp, "wb") as f:
-        def put(data: bytes, key: str, offsets, sizes):
-            start = f.tell()
-            f.write(data)
-            digest.update(data)
-            res.items.append((key, offsets, sizes, start, len(data)))
+        out = _HashingWriter(f, digest)
 
-        for obj in objects:
-            buf = io.BytesIO()
-            torch.save(obj.objects, buf)
-            put(buf.getvalue(), obj.unique_key, None, None)
-        for ch in chunks:
-            t = ch.make()
-            if tuple(t.shape) != tuple(ch.sizes):
-                raise Hy3Error(f"{ch.key}: chunk at {list(ch.offsets)} built as {list(t.shape)}, expected {list(ch.sizes)}")
-            buf = io.BytesIO()
-            torch.save(t.contiguous(), buf)
-            put(buf.getvalue(), ch.key, tuple(ch.offsets), tuple(ch.sizes))
-            if on_bytes:
-                on_bytes(t.numel() * t.element_size())
-            del t, buf
+        def put(obj, key: str, offsets, sizes) -> None:
+            start = f.tell()
+            torch.save(obj, out)
+            res.items.append((key, offsets, sizes, start, f.tell() - start))
+
+        with _no_crc32():
+            for obj in objects:
+                put(obj.objects, obj.unique_key, None, None)
+            for ch in chunks:
+                t = ch.make()
+                if tuple(t.shape) != tuple(ch.sizes):
+                    raise Hy3Error(f"{ch.key}: chunk at {list(ch.offsets)} built as {list(t.shape)}, "
+                                   f"expected {list(ch.sizes)}")
+                t = t.contiguous()
+                if t.untyped_storage().nbytes() != t.numel() * t.element_size():
+                    t = t.clone()  # torch.save writes a view's whole storage; store only the chunk
+                put(t, ch.key, tuple(ch.offsets), tuple(ch.sizes))
+                if on_bytes:
+                    on_bytes(t.numel() * t.element_size())
+                del t
+        f.flush()
         res.nbytes = f.tell()
+        os.fdatasync(f.fileno())  # on disk before the final name appears; then out of the page cache
+        if hasattr(os, "posix_fadvise"):
+            os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
     res.sha256 = digest.hexdigest()
     sidecar = path.with_name(path.name + ".items.json")
-    sidecar.write_text(json.dumps({"nbytes": res.nbytes, "sha256": res.sha256, "items": res.items}))
+    sidecar.write_text(json.dumps({"nbytes": res.nbytes, "xxh3_128": res.sha256, "items": res.items}))
     os.replace(tmp, path)
     return res
+
+
+_crc_lock = threading.Lock()
+_crc_users = [0]
+
+
+@contextlib.contextmanager
+def _no_crc32():
+    """torch.save without per-record CRC32 while any writer thread is inside; restored afterwards."""
+    import torch
+
+    with _crc_lock:
+        if _crc_users[0] == 0:
+            _crc_users.append(torch.serialization.get_crc32_options())
+            torch.serialization.set_crc32_options(False)
+        _crc_users[0] += 1
+    try:
+        yield
+    finally:
+        with _crc_lock:
+            _crc_users[0] -= 1
+            if _crc_users[0] == 0:
+                torch.serialization.set_crc32_options(_crc_users.pop())
 
 
 def read_file_result(path: Path) -> FileResult | None:
@@ -107,7 +155,7 @@ def read_file_result(path: Path) -> FileResult | None:
         return None
     items = [(k, tuple(o) if o is not None else None, tuple(z) if z is not None else None, s, n)
              for k, o, z, s, n in d["items"]]
-    return FileResult(path.name, items, d["nbytes"], d["sha256"])
+    return FileResult(path.name, items, d["nbytes"], d["xxh3_128"])
 
 
 def write_metadata(root: Path, tensors: list[TensorSpec], files: list[FileResult]) -> None:
@@ -148,6 +196,24 @@ def write_metadata(root: Path, tensors: list[TensorSpec], files: list[FileResult
 
 
 # --- reading -------------------------------------------------------------------------------------
+
+def _pread_all(path: Path, offset: int, length: int) -> bytes:
+    """`length` bytes (fewer at end of file) as one bytes object, which BytesIO then shares without copying."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        parts, got = [], 0
+        while got < length:
+            b = os.pread(fd, length - got, offset + got)
+            if not b:
+                break
+            parts.append(b)
+            got += len(b)
+        if hasattr(os, "posix_fadvise"):  # a converter reads each chunk once
+            os.posix_fadvise(fd, offset, length, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
+
 
 class DcpReader:
     """Random access to the tensors of a DCP directory, chunk by chunk."""
@@ -202,9 +268,7 @@ class DcpReader:
             raise Hy3Error(f"{self.root}: metadata lists a chunk of {key} at {list(chunk.offsets)} with no storage entry")
         path = self.root / info.relative_path
         try:
-            with open(path, "rb") as f:
-                f.seek(info.offset)
-                blob = f.read(info.length)
+            blob = _pread_all(path, info.offset, info.length)
         except OSError as e:
             raise Hy3Error(f"{path}: cannot read ({e.strerror})") from None
         if len(blob) != info.length:
@@ -224,6 +288,9 @@ class DcpReader:
         import torch
 
         md = self._md(key)
+        for ch in md.chunks:  # the common case: exactly one stored chunk
+            if tuple(ch.offsets) == tuple(offsets) and tuple(ch.sizes) == tuple(sizes):
+                return self._chunk(key, ch)
         out = torch.empty(sizes, dtype=md.properties.dtype)
         covered = 0
         for ch in md.chunks:

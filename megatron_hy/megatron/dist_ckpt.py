@@ -98,10 +98,31 @@ def _layout_rank(rank: int, world: int, cfg_dict: dict, padded_vocab: int) -> di
     return {"pieces": sorted(pieces, key=lambda p: (p.key, p.offsets)), "objects": sorted(set(objects))}
 
 
-def megatron_layout(cfg: Hy3Config, padded_vocab: int) -> dict:
-    from .harness import run_distributed
+def megatron_layout(cfg: Hy3Config, padded_vocab: int, in_process: bool = False) -> dict:
+    """Megatron's pieces for this model. in_process builds the meta-device model in this process (a
+    one-shot CLI process: saves starting another); otherwise in a fresh process, keeping the caller clean."""
+    args = ({**cfg.to_transformers(), "model_type": "hy_v3"}, padded_vocab)
+    if not in_process:
+        from .harness import run_distributed
 
-    return run_distributed(_layout_rank, 1, {**cfg.to_transformers(), "model_type": "hy_v3"}, padded_vocab)[0]
+        return run_distributed(_layout_rank, 1, *args)[0]
+    import torch.distributed as dist
+    from megatron.core import parallel_state as ps
+
+    from .harness import _free_port, apply_cpu_shims
+
+    apply_cpu_shims()
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", str(_free_port()))
+    owned = not dist.is_initialized()
+    if owned:
+        dist.init_process_group("gloo", rank=0, world_size=1)
+    try:
+        return _layout_rank(0, 1, *args)
+    finally:
+        ps.destroy_model_parallel()
+        if owned:
+            dist.destroy_process_group()
 
 
 # --- HF -> Megatron regions ---------------------------------------------------------------------
@@ -122,13 +143,16 @@ class HFSource:
                 self._qkv = {t.key: to_mcore("qkv", [self.hf.read(n) for n in names], self.hf.config)}
             out = self._qkv[t.key][r0:r1]
         else:
-            parts, start = [], 0
+            spans, start = [], 0
             for n in names:
                 rows = self.hf.logical[n].shape[0]
                 lo, hi = max(r0, start), min(r1, start + rows)
                 if hi > lo:
-                    parts.append(self._read_rows(n, lo - start, hi - start))
+                    spans.append((n, lo - start, hi - start))
                 start += rows
+            # One source tensor (the usual case): read into this thread's reused buffer; the chunk is
+            # written out before the thread reads again.
+            parts = [self._read_rows(n, a, b, reuse=len(spans) == 1 and r1 <= start) for n, a, b in spans]
             if t.row.op == "vocab" and r1 > start:
                 cols = t.shape[1:]
                 parts.append(torch.zeros((r1 - max(r0, start),) + tuple(cols), dtype=parts[0].dtype if parts else
@@ -138,8 +162,10 @@ class HFSource:
             return out  # megatron-core keeps the router's expert bias in fp32
         return out.to(self.dtype)
 
-    def _read_rows(self, name: str, r0: int, r1: int):
-        from ..safetensors_io import read_bytes
+    def _read_rows(self, name: str, r0: int, r1: int, reuse: bool = False):
+        import torch
+
+        from ..safetensors_io import read_array
 
         shape = self.hf.logical[name].shape
         file, off, _ = self.hf.source(name)
@@ -147,10 +173,8 @@ class HFSource:
         for s in shape[1:]:
             row *= s
         item = self.hf.info(name).itemsize
-        import torch
-
-        buf = read_bytes(file, off + r0 * row * item, (r1 - r0) * row * item)
-        return torch.frombuffer(buf, dtype=torch_dtype(self.hf.dtype(name))).reshape((r1 - r0,) + tuple(shape[1:]))
+        buf = read_array(file, off + r0 * row * item, (r1 - r0) * row * item, reuse=reuse, drop_cache=True)
+        return torch.from_numpy(buf).view(torch_dtype(self.hf.dtype(name))).reshape((r1 - r0,) + tuple(shape[1:]))
 
 
 def plan_chunks(layout: dict, tensors: dict[str, MCoreTensor], source: HFSource, limit: int = CHUNK_BYTES) -> list:
@@ -216,7 +240,7 @@ def _balance(chunks: list, files: int) -> list[list]:
 
 def hf_to_mcore(hf_dir: str | Path, out: str | Path, workers: int = 4, dtype: str | None = None,
                 padded_vocab: int | None = None, iteration: int = 1, overwrite: bool = False,
-                quiet: bool = False, max_file_size: str = "2GB") -> dict:
+                quiet: bool = False, max_file_size: str = "2GB", in_process: bool = False) -> dict:
     import torch
     from concurrent.futures import ThreadPoolExecutor
 
@@ -232,7 +256,7 @@ def hf_to_mcore(hf_dir: str | Path, out: str | Path, workers: int = 4, dtype: st
     if target == "bad":
         raise Hy3Error(f"--dtype {dtype!r}: expected bf16, fp16 or fp32")
     log(f"reading Megatron's layout for this model (meta-device GPTModel, {cfg.num_layers} layers)", quiet)
-    layout = megatron_layout(cfg, padded)
+    layout = megatron_layout(cfg, padded, in_process)
     tensors = {t.key: t for t in mcore_tensors(cfg, padded)}
     from .weights import check_covered
 
@@ -307,9 +331,19 @@ def _write_common(it: Path, iteration: int, cfg: Hy3Config, padded: int, hf_dir)
                                                   "common_backend": "torch", "common_backend_version": 1}))
 
 
+def file_xxh3(path: Path) -> str:
+    import xxhash
+
+    h = xxhash.xxh3_128()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(16 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def write_manifest(root: Path, kind: str, source: dict, files: dict) -> None:
-    data = {"format": kind, "created_by": f"megatron-hy {__version__}", "source": source,
-            "files": {k: {"bytes": n, "sha256": h} for k, (n, h) in sorted(files.items())}}
+    data = {"format": kind, "created_by": f"megatron-hy {__version__}", "source": source, "checksum": "xxh3_128",
+            "files": {k: {"bytes": n, "xxh3_128": h} for k, (n, h) in sorted(files.items())}}
     (root / MANIFEST).write_text(json.dumps(data, indent=2) + "\n")
 
 
@@ -389,8 +423,8 @@ class MCoreSource:
 def mcore_to_hf(mcore_dir: str | Path, out: str | Path, hf_config: str | Path, fmt: str = "inner",
                 iteration: int | None = None, workers: int = 4, max_shard_size: str = "5GB",
                 dtype: str | None = None, overwrite: bool = False, quiet: bool = False) -> dict:
-    import hashlib
     import torch
+    import xxhash
     from concurrent.futures import ThreadPoolExecutor
 
     from ..mapping import fused_parts
@@ -457,9 +491,15 @@ def mcore_to_hf(mcore_dir: str | Path, out: str | Path, hf_config: str | Path, f
         log(f"resuming {stage.partial}: {len(groups) - len(todo)} of {len(groups)} shards already written", quiet)
     prog = Progress("mcore->hf", sum(t.nbytes for _, g in todo for t in g), quiet)
     on_bytes = _kill_hook(prog.add)
+
+    def write(name, group):
+        digest = xxhash.xxh3_128()
+        write_shard(stage.path(name), group, on_bytes, digest)
+        stage.path(name + ".xxh3").write_text(digest.hexdigest())  # for the manifest of a resumed run
+
     try:
         with ThreadPoolExecutor(max(1, min(workers, len(todo) or 1))) as pool:
-            for f in [pool.submit(write_shard, stage.path(n), g, on_bytes) for n, g in todo]:
+            for f in [pool.submit(write, n, g) for n, g in todo]:
                 f.result()
     except KeyboardInterrupt:
         raise Hy3Error(f"interrupted; {stage.partial} holds the finished shards, rerun the same command to resume") from None
@@ -469,11 +509,9 @@ def mcore_to_hf(mcore_dir: str | Path, out: str | Path, hf_config: str | Path, f
     copy_other_files(sorted(p for p in Path(hf_config).iterdir() if _carried(p)), stage.partial)
     files = {}
     for n in names:
-        h = hashlib.sha256()
-        with open(stage.path(n), "rb") as f:
-            for block in iter(lambda: f.read(16 << 20), b""):
-                h.update(block)
-        files[n] = (stage.path(n).stat().st_size, h.hexdigest())
+        mark = stage.path(n + ".xxh3")
+        files[n] = (stage.path(n).stat().st_size, mark.read_text().strip() if mark.exists() else file_xxh3(stage.path(n)))
+        mark.unlink(missing_ok=True)
     write_manifest(stage.partial, f"hf-{fmt}", {"mcore_dir": str(Path(mcore_dir).resolve()), "iteration_dir": it.name},
                    files)
     stage.finish()
@@ -487,10 +525,11 @@ def _carried(p: Path) -> bool:
         and not p.name.startswith(".") and p.name != MANIFEST
 
 
-def _tensor_bytes(t) -> bytes:
+def _tensor_bytes(t) -> memoryview:
+    """The tensor's bytes, without copying when it is already contiguous."""
     import torch
 
-    return t.contiguous().view(-1).view(torch.uint8).numpy().tobytes()
+    return memoryview(t.contiguous().view(-1).view(torch.uint8).numpy())
 
 
 def _check_against_config(reader: dcp.DcpReader, src: MCoreSource, it: Path, hf_config) -> None:
