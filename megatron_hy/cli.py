@@ -11,7 +11,7 @@ import warnings
 from . import __version__
 from .errors import Hy3Error
 
-COMMANDS = ["make_tiny", "convert", "check", "config", "verify", "plan", "launch", "data", "demo"]
+COMMANDS = ["make_tiny", "convert", "check", "config", "verify", "lora", "plan", "launch", "data", "demo"]
 
 
 def quiet_libraries() -> None:

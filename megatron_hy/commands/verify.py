@@ -24,6 +24,10 @@ def register(sub) -> None:
     q.add_argument("--mcore", metavar="DIR", default=None,
                    help="load the Megatron side from this torch_dist checkpoint (through megatron-core's "
                         "dist_checkpointing.load) instead of from HF_DIR; HF_DIR stays the reference")
+    q.add_argument("--adapter", metavar="DIR", default=None,
+                   help="with --base: load --base into Megatron and add this LoRA adapter's delta in Megatron's layout; "
+                        "HF_DIR (e.g. the output of `hy3 lora merge`) is the reference")
+    q.add_argument("--base", metavar="DIR", default=None, help="base HF checkpoint for --adapter")
     q.add_argument("--tokens", type=int, default=16, help="sequence length (default 16)")
     q.add_argument("--batch", type=int, default=2, help="sequences (default 2)")
     q.add_argument("--seed", type=int, default=0, help="seed for the random tokens (default 0)")
@@ -33,14 +37,24 @@ def register(sub) -> None:
 
 
 def run_parity(args) -> int:
-    from ..megatron.parity import verify_parity
+    from ..errors import Hy3Error
+    from ..megatron.parity import run_parity as run, verify_parity
 
-    res = verify_parity(args.hf_dir, tp=args.tp, pp=args.pp, ep=args.ep, etp=args.etp, tokens=args.tokens,
-                        batch=args.batch, seed=args.seed, mcore_dir=args.mcore, tolerance=args.tolerance)
+    if (args.adapter is None) != (args.base is None):
+        raise Hy3Error("--adapter and --base go together")
+    if args.adapter and args.mcore:
+        raise Hy3Error("--mcore and --adapter cannot be combined")
+    if args.adapter:
+        res = run(args.hf_dir, [("hf+lora", (args.base, args.adapter))], args.tp, args.pp, args.ep, args.etp,
+                  args.tokens, args.batch, args.seed, args.tolerance)[0][0]
+    else:
+        res = verify_parity(args.hf_dir, tp=args.tp, pp=args.pp, ep=args.ep, etp=args.etp, tokens=args.tokens,
+                            batch=args.batch, seed=args.seed, mcore_dir=args.mcore, tolerance=args.tolerance)
     if args.json:
         print(json.dumps(res.to_json()))
     else:
-        print(f"parity {res.layout}: Megatron ({'torch_dist' if args.mcore else 'HF'} weights) vs transformers, "
+        source = "torch_dist" if args.mcore else "base + LoRA delta" if args.adapter else "HF"
+        print(f"parity {res.layout}: Megatron ({source} weights) vs transformers, "
               f"{res.tokens} tokens")
         print(f"  logits       max abs {res.max_abs_err:.3e}  max rel {res.max_rel_err:.3e}")
         for k, a in enumerate(res.mtp_max_abs_err):

@@ -104,6 +104,13 @@ def _rank_main(rank: int, world: int, job: ParityJob) -> dict:
             from .dist_ckpt import load_mcore_into_model
 
             load_mcore_into_model(model, path)
+        elif kind == "hf+lora":  # (base HF dir, adapter dir): base weights plus the delta in Megatron layout
+            from ..lora.adapters import open_adapter
+            from .weights import add_lora_delta
+
+            base, adapter = path
+            load_into_model(model, cfg, HFCheckpoint(base).read, job.padded_vocab)
+            add_lora_delta(model, cfg, open_adapter(adapter, cfg), job.padded_vocab)
         else:
             load_into_model(model, cfg, HFCheckpoint(path).read, job.padded_vocab)
         logits, mtp = forward(model, tokens, cfg.num_mtp_layers)
@@ -208,7 +215,8 @@ def run_parity(config_dir: str | Path, sources: list, tp=1, pp=1, ep=1, etp=None
         if kind == "hf":
             HFCheckpoint(path)
     ids = random_tokens(cfg.vocab_size, batch, tokens, seed)
-    job = ParityJob(str(config_dir), [(k, str(p)) for k, p in sources], lay, ids.tolist(),
+    job = ParityJob(str(config_dir), [(k, tuple(map(str, p)) if isinstance(p, (tuple, list)) else str(p))
+                                      for k, p in sources], lay, ids.tolist(),
                     padded_vocab_size(cfg.vocab_size, lay.tp), export)
     ranks = run_distributed(_rank_main, lay.world, job)
     ref_logits, ref_mtp = reference_logits(reference or config_dir, ids)

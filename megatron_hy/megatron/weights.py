@@ -93,6 +93,33 @@ def load_into_model(model, cfg: Hy3Config, read: Callable[[str], "object"], padd
     return filled
 
 
+def add_lora_delta(model, cfg: Hy3Config, adapter, padded_vocab: int | None = None) -> int:
+    """Add an adapter's delta to a live Megatron model, computed in Megatron's layout (global tensor by
+    global tensor, through `adapter.mcore_delta`) and sliced per rank by Megatron's own sharding."""
+    import torch
+
+    from ..mapping import logical_tensors
+
+    table = {t.key: t for t in mcore_tensors(cfg, padded_vocab)}
+    shapes = {t.name: t.shape for t in logical_tensors(cfg)}
+    cache: dict = {}
+    added = 0
+    with torch.no_grad():
+        for st in sharded_tensors(model_sharded_state_dict(model)):
+            t = table[st.key]
+            pre, slices = local_region(st)
+            expert = pre[0] if t.experts is not None else None
+            ck = (st.key, expert)
+            if ck not in cache:
+                cache = {ck: adapter.mcore_delta(t, expert, shapes)}
+            delta = cache[ck]
+            if delta is None:
+                continue
+            st.data.add_(delta[slices].to(st.data.dtype))
+            added += 1
+    return added
+
+
 @dataclass
 class Piece:
     key: str

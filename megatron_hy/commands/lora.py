@@ -1,0 +1,85 @@
+"""`hy3 lora`: merge LoRA adapters into Hy3, or export them as a PEFT adapter, offline."""
+
+from __future__ import annotations
+
+ADAPTER_HELP = ("adapter directory: a Megatron torch_dist adapter checkpoint (ms-swift --mcore_adapter / "
+                "--save_safetensors false), ms-swift's safetensors adapter, or an HF PEFT adapter for HYV3")
+RSLORA_HELP = ("scaling: auto (default) uses alpha/r for adapters trained with ms-swift's Megatron LoRA, whose layers "
+               "ignore use_rslora, and the adapter config's use_rslora otherwise; on: alpha/sqrt(r); off: alpha/r")
+
+
+def register(sub) -> None:
+    p = sub.add_parser("lora", help="merge or export LoRA adapters", description="LoRA adapters for Hy3, offline and on CPU.")
+    s = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+
+    q = s.add_parser("merge", help="merge an adapter into the base weights (HF safetensors out)",
+                     description="Write base + scaling * B @ A as an HF checkpoint in the base's layout (inner or "
+                                 "outer), streaming tensor by tensor with bounded memory; untouched tensors are copied "
+                                 "byte for byte. Every target kind is supported: attention, dense MLP, shared and "
+                                 "routed experts, router, MTP layer. The result passes `hy3 check`.")
+    q.add_argument("--base", required=True, metavar="HF_DIR", help="base HF Hy3 checkpoint (inner or outer layout)")
+    q.add_argument("--adapter", required=True, metavar="DIR", help=ADAPTER_HELP)
+    q.add_argument("output", metavar="OUT", help="output directory (must not exist unless --overwrite)")
+    q.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default=None,
+                   help="weight dtype of the output (default: the base's; the router expert bias stays fp32)")
+    q.add_argument("--rslora", choices=["auto", "on", "off"], default="auto", help=RSLORA_HELP)
+    q.add_argument("--workers", type=int, default=4, help="shards written in parallel (default 4)")
+    q.add_argument("--max-shard-size", default="5GB", help="largest output shard, e.g. 5GB (default 5GB)")
+    q.add_argument("--overwrite", action="store_true", help="replace OUT if it exists (only once the new one is complete)")
+    q.add_argument("--quiet", action="store_true", help="no progress output")
+    q.set_defaults(func=run_merge)
+
+    q = s.add_parser("export-peft", help="export an adapter as a PEFT adapter for transformers' HYV3ForCausalLM",
+                     description="Write adapter_config.json + adapter_model.safetensors with HYV3 module names that "
+                                 "peft.PeftModel.from_pretrained loads onto HYV3ForCausalLM (vLLM serves the same). "
+                                 "Routed experts use PEFT target_parameters on the fused 3D expert tensors. Targets "
+                                 "with no PEFT equivalent (MTP layer, router) are listed by name; --strict fails on them.")
+    q.add_argument("--adapter", required=True, metavar="DIR", help=ADAPTER_HELP)
+    q.add_argument("--base", required=True, metavar="HF_DIR", help="the base HF Hy3 checkpoint the adapter belongs to")
+    q.add_argument("output", metavar="OUT", help="output directory (must not exist unless --overwrite)")
+    q.add_argument("--rslora", choices=["auto", "on", "off"], default="auto", help=RSLORA_HELP)
+    q.add_argument("--strict", action="store_true", help="fail if any LoRA target has no PEFT equivalent")
+    q.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    q.add_argument("--quiet", action="store_true", help="no progress output")
+    q.set_defaults(func=run_export)
+
+    q = s.add_parser("make-tiny", help="write a random adapter for a (tiny) Hy3, as ms-swift's Megatron LoRA saves it",
+                     description="Write random LoRA factors for the given Hy3 checkpoint in ms-swift's Megatron formats "
+                                 "(torch_dist adapter checkpoint, or its safetensors export). For tests and the demo.")
+    q.add_argument("base", metavar="HF_DIR", help="the HF Hy3 checkpoint the adapter is for")
+    q.add_argument("output", metavar="OUT", help="output directory (replaced)")
+    q.add_argument("--format", choices=["mcore", "swift-peft"], default="mcore", help="adapter format (default mcore)")
+    q.add_argument("--targets", default="attention,dense,shared,experts,mtp",
+                   help="comma-separated kinds: attention, dense, shared, experts, mtp, router "
+                        "(default attention,dense,shared,experts,mtp)")
+    q.add_argument("--rank", type=int, default=4, help="LoRA rank (default 4)")
+    q.add_argument("--alpha", type=float, default=8.0, help="LoRA alpha (default 8)")
+    q.add_argument("--saved-tp", type=int, default=1, help="TP size the torch_dist adapter is laid out for (default 1)")
+    q.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    q.add_argument("--zero", action="store_true", help="all-zero lora_B (a no-op adapter)")
+    q.set_defaults(func=run_make_tiny)
+
+
+def run_merge(args) -> int:
+    from ..lora.merge import merge_lora
+
+    merge_lora(args.base, args.adapter, args.output, dtype=args.dtype, workers=args.workers,
+               max_shard_size=args.max_shard_size, rslora=args.rslora, overwrite=args.overwrite, quiet=args.quiet)
+    return 0
+
+
+def run_export(args) -> int:
+    from ..lora.export import export_peft
+
+    export_peft(args.adapter, args.base, args.output, rslora=args.rslora, strict=args.strict,
+                overwrite=args.overwrite, quiet=args.quiet)
+    return 0
+
+
+def run_make_tiny(args) -> int:
+    from ..lora.tiny import write_tiny_adapter
+
+    out = write_tiny_adapter(args.base, args.output, args.format, [k for k in args.targets.split(",") if k],
+                             rank=args.rank, alpha=args.alpha, seed=args.seed, saved_tp=args.saved_tp, zero=args.zero)
+    print(f"wrote {args.format} adapter to {out}")
+    return 0

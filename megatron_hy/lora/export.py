@@ -1,0 +1,167 @@
+"""`hy3 lora export-peft`: an adapter (any format) as a PEFT adapter for transformers' HYV3ForCausalLM.
+
+Module names are transformers' (`self_attn.q_proj`, `mlp.gate_proj`, `mlp.shared_experts.*`). Routed
+experts are fused 3D parameters there, so their LoRA goes through PEFT's `target_parameters`
+(one ParamWrapper per 3D tensor; expert e uses rows e*r..(e+1)*r of lora_A and columns k*E+e of
+lora_B). Megatron shares lora_A between gate and up, which keeps rank r for `gate_up_proj`; when they
+differ, rank 2r with block-diagonal lora_B holds both. Everything is written with use_rslora false and
+alpha = scaling * rank, so PEFT applies exactly the scaling the adapter was trained with.
+
+Targets with no PEFT equivalent on HYV3ForCausalLM (the MTP layer, which transformers does not build;
+the router, which is not a Linear) are listed by name, never dropped silently; --strict makes them an error.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections import Counter, defaultdict
+from pathlib import Path
+
+from .. import __version__
+from ..errors import Hy3Error
+from ..hf_checkpoint import HFCheckpoint
+from ..progress import log
+from .adapters import open_adapter
+
+PREFIX = "base_model.model."
+
+
+def _module(name: str) -> str:
+    """Logical (Tencent) tensor name -> transformers module name."""
+    return name[: -len(".weight")].replace(".mlp.shared_mlp.", ".mlp.shared_experts.")
+
+
+def export_peft(adapter_dir: str | Path, base_dir: str | Path, out: str | Path, rslora: str = "auto",
+                strict: bool = False, overwrite: bool = False, quiet: bool = False) -> dict:
+    import torch
+    from safetensors.torch import save_file
+
+    base = HFCheckpoint(base_dir)
+    cfg = base.config
+    adapter = open_adapter(adapter_dir, cfg, rslora)
+    for note in adapter.notes:
+        log(f"note: {note}", quiet)
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise Hy3Error(f"{out}: already exists; choose another output directory or pass --overwrite")
+
+    tensors: dict[str, torch.Tensor] = {}
+    modules: list[str] = []
+    params: list[str] = []
+    ranks: dict[str, tuple[int, float]] = {}   # module or parameter -> (rank, scaling)
+    skipped: list[str] = []
+    experts: dict[int, dict[str, dict[int, object]]] = defaultdict(lambda: defaultdict(dict))
+    for name in adapter.targets():
+        layer = _layer(name)
+        if layer is not None and layer >= cfg.num_layers:
+            skipped.append(f"{name} (MTP layer {layer}: HYV3ForCausalLM has no MTP module)")
+            continue
+        if name.endswith(".mlp.router.gate.weight"):
+            skipped.append(f"{name} (the router is not a Linear module in HYV3ForCausalLM)")
+            continue
+        if ".mlp.experts." in name:
+            e, proj = name.split(".mlp.experts.")[1].split(".")[:2]
+            experts[layer][proj][int(e)] = adapter.factors(name)
+            continue
+        f = adapter.factors(name)
+        module = _module(name)
+        tensors[f"{PREFIX}{module}.lora_A.weight"] = f.A.contiguous()
+        tensors[f"{PREFIX}{module}.lora_B.weight"] = f.B.contiguous()
+        modules.append(module)
+        ranks[module] = (f.A.shape[0], _scaling_of(adapter, name))
+    for layer, projs in sorted(experts.items()):
+        _export_experts(cfg, adapter, layer, projs, tensors, params, ranks)
+    if skipped:
+        msg = "no PEFT equivalent on HYV3ForCausalLM for " + "; ".join(skipped[:5]) + (
+            f"; and {len(skipped) - 5} more" if len(skipped) > 5 else "")
+        if strict:
+            raise Hy3Error(f"{adapter_dir}: {msg}")
+        log(f"warning: not exported, {msg}", quiet)
+    if not tensors:
+        raise Hy3Error(f"{adapter_dir}: nothing to export: every LoRA target lacks a PEFT equivalent")
+
+    rank, scaling = Counter(ranks.values()).most_common(1)[0][0]
+    config = {
+        "peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": str(Path(base_dir).resolve()),
+        "r": rank, "lora_alpha": scaling * rank, "use_rslora": False, "lora_dropout": 0.0, "bias": "none",
+        "fan_in_fan_out": False, "inference_mode": True, "init_lora_weights": True,
+        "target_modules": sorted(modules), "target_parameters": sorted(params) or None,
+        "rank_pattern": {k: r for k, (r, s) in ranks.items() if (r, s) != (rank, scaling)},
+        "alpha_pattern": {k: s * r for k, (r, s) in ranks.items() if (r, s) != (rank, scaling)},
+        "auto_mapping": {"base_model_class": "HYV3ForCausalLM",
+                         "parent_library": "transformers.models.hy_v3.modeling_hy_v3"},
+    }
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file({k: v.to(torch.float32).contiguous() for k, v in tensors.items()}, str(tmp / "adapter_model.safetensors"),
+              metadata={"format": "pt"})
+    (tmp / "adapter_config.json").write_text(json.dumps(config, indent=2) + "\n")
+    report = {"source": str(Path(adapter_dir).resolve()), "format": adapter.kind, "created_by": f"megatron-hy {__version__}",
+              "scaling": adapter.scaling, "exported_modules": len(modules), "exported_parameters": len(params),
+              "not_exported": skipped, "notes": adapter.notes}
+    (tmp / "export_report.json").write_text(json.dumps(report, indent=2) + "\n")
+    if out.exists():
+        shutil.rmtree(out)
+    os.rename(tmp, out)
+    log(f"wrote {out}: PEFT adapter with {len(modules)} modules and {len(params)} expert parameters "
+        f"(rank {rank}, scaling {scaling:g})" + (f"; {len(skipped)} targets not exported" if skipped else ""), quiet)
+    return report
+
+
+def _layer(name: str) -> int | None:
+    if not name.startswith("model.layers."):
+        return None
+    return int(name.split(".")[2])
+
+
+def _scaling_of(adapter, name: str) -> float:
+    pairs = getattr(adapter, "pairs", None)
+    return pairs[name][1] if pairs else adapter.scaling
+
+
+def _export_experts(cfg, adapter, layer: int, projs: dict, tensors: dict, params: list, ranks: dict) -> None:
+    """HYV3Experts' 3D tensors through PEFT ParamWrapper: gate_up_proj inner, down_proj outer."""
+    import torch
+
+    E, F, H = cfg.num_experts, cfg.moe_ffn, cfg.hidden_size
+    prefix = f"model.layers.{layer}.mlp.experts"
+    names = {p: f"model.layers.{layer}.mlp.experts.{{e}}.{p}.weight" for p in ("gate_proj", "up_proj", "down_proj")}
+    built = {}
+    if "gate_proj" in projs or "up_proj" in projs:
+        g, u = projs.get("gate_proj", {}), projs.get("up_proj", {})
+        r = max(f.A.shape[0] for f in list(g.values()) + list(u.values()))
+        shared = all(e in g and e in u and torch.equal(g[e].A, u[e].A) for e in range(E))
+        rank = r if shared else 2 * r
+        A = torch.zeros(E, rank, H)
+        B = torch.zeros(2 * F, rank, E)
+        for e in range(E):
+            if shared:
+                A[e] = g[e].A
+                B[:F, :, e], B[F:, :, e] = g[e].B, u[e].B
+            else:
+                if e in g:
+                    A[e, :r], B[:F, :r, e] = g[e].A, g[e].B
+                if e in u:
+                    A[e, r:], B[F:, r:, e] = u[e].A, u[e].B
+        some = next(iter(g or u))
+        scaling = _scaling_of(adapter, names["gate_proj" if g else "up_proj"].format(e=some))
+        built["gate_up_proj"] = (A.reshape(E * rank, H), B.reshape(2 * F, rank * E), rank, scaling)
+    if "down_proj" in projs:
+        d = projs["down_proj"]
+        r = max(f.A.shape[0] for f in d.values())
+        A = torch.zeros(E, r, F)
+        B = torch.zeros(H, r, E)
+        for e, f in d.items():
+            A[e], B[:, :, e] = f.A, f.B
+        scaling = _scaling_of(adapter, names["down_proj"].format(e=next(iter(d))))
+        built["down_proj"] = (A.reshape(E * r, F), B.reshape(H, r * E), r, scaling)
+    for param, (A, B, rank, scaling) in built.items():
+        inner = param == "gate_up_proj" and len(built) == 2
+        key = f"{PREFIX}{prefix}{'.base_layer' if inner else ''}"
+        tensors[f"{key}.lora_A.weight"] = A
+        tensors[f"{key}.lora_B.weight"] = B
+        params.append(f"{prefix}.{param}")
+        ranks[f"{prefix}.{param}"] = (rank, scaling)
