@@ -58,7 +58,12 @@ RUN pip install \
         safetensors==0.8.0 \
         modelscope==1.40.2 \
         numpy==2.4.6 \
-        pyyaml==6.0.3
+        pyyaml==6.0.3 \
+        xxhash==4.1.0 \
+        tokenizers==0.23.3 \
+        jinja2==3.1.6 \
+        regex==2026.11.15 \
+        datasets==4.8.4
 
 # This package (its dependencies are all pinned above).
 COPY pyproject.toml README.md /opt/megatron-hy/

@@ -48,6 +48,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("hy3: interrupted", file=sys.stderr)
         return 130
+    except OSError as e:  # disk full, permissions, a vanished file: the environment, not a bug
+        where = f"{e.filename}: " if getattr(e, "filename", None) else ""
+        print(f"hy3: error: {where}{e.strerror or e}", file=sys.stderr)
+        return 1
     return int(rc or 0)
 
 

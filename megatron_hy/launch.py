@@ -16,7 +16,6 @@ Where the node list comes from:
 
 from __future__ import annotations
 
-import os
 import re
 import shlex
 import socket

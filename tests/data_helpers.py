@@ -11,7 +11,7 @@ import tempfile
 from functools import lru_cache
 from pathlib import Path
 
-from megatron_hy.data.tokens import PREVIEW, RELEASE
+from megatron_hy.data.tokens import PREVIEW, RELEASE  # noqa: F401 (re-exported to the tests)
 
 R = RELEASE
 PLUGIN = Path(__file__).resolve().parent.parent / "megatron_hy" / "data" / "swift_plugin.py"

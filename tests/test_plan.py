@@ -13,7 +13,6 @@ import pytest
 
 from conftest import assert_one_error, run_cli
 from megatron_hy.cli import main
-from megatron_hy.plan import memory
 from megatron_hy.plan.planner import plan_recipe
 from megatron_hy.plan.recipe import Cluster, Recipe
 

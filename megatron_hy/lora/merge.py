@@ -8,15 +8,13 @@ so merging an all-zero adapter reproduces the base checkpoint byte for byte.
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from ..errors import Hy3Error
 from ..hf_checkpoint import HFCheckpoint
-from ..layout_convert import _kill_hook
-from ..mapping import fused_parts, logical_tensors
+from ..hf_writer import kill_hook, layout_tensors, run_jobs
 from ..progress import Progress, human_bytes, log
-from ..safetensors_io import OutTensor, dtype_name, parse_size, plan_shards, shard_name, torch_dtype, write_index, write_shard
+from ..safetensors_io import dtype_name, parse_size, plan_shards, shard_name, torch_dtype, write_index, write_shard
 from ..staging import StagedDir, copy_other_files, plan_id
 from .adapters import open_adapter
 
@@ -26,8 +24,6 @@ DTYPES = {"bf16": "BF16", "fp16": "F16", "fp32": "F32"}
 def merge_lora(base_dir: str | Path, adapter_dir: str | Path, out: str | Path, dtype: str | None = None,
                workers: int = 4, max_shard_size: str = "5GB", rslora: str = "auto", overwrite: bool = False,
                quiet: bool = False) -> dict:
-    import os
-
     if dtype is not None and dtype not in DTYPES:
         raise Hy3Error(f"--dtype {dtype!r}: expected bf16, fp16 or fp32")
     base = HFCheckpoint(base_dir)
@@ -52,18 +48,7 @@ def merge_lora(base_dir: str | Path, adapter_dir: str | Path, out: str | Path, d
             return lambda: _converted(base, name, out_dtype(name))
         return base.source(name)
 
-    tensors: list[OutTensor] = []
-    fused = fused_parts(cfg)
-    seen = set()
-    for t in logical_tensors(cfg):
-        if base.layout == "inner" or t.expert is None:
-            key = t.key(base.layout)
-            tensors.append(OutTensor(key, out_dtype(t.name), t.shape, [source(t.name)]))
-        elif t.outer_key not in seen:
-            seen.add(t.outer_key)
-            parts = fused[t.outer_key]
-            shape = (cfg.num_experts, sum(p.shape[0] for p in parts if p.expert == 0), parts[0].shape[1])
-            tensors.append(OutTensor(t.outer_key, out_dtype(parts[0].name), shape, [source(p.name) for p in parts]))
+    tensors = layout_tensors(cfg, base.layout, lambda n: [source(n)], out_dtype, str(base.root))
     groups = plan_shards(tensors, parse_size(max_shard_size))
     names = [shard_name(i, len(groups)) for i in range(len(groups))]
     stamp = [(str(p), p.stat().st_size, p.stat().st_mtime_ns)
@@ -75,13 +60,8 @@ def merge_lora(base_dir: str | Path, adapter_dir: str | Path, out: str | Path, d
     if stage.resumed and len(todo) < len(groups):
         log(f"resuming {stage.partial}: {len(groups) - len(todo)} of {len(groups)} shards already written", quiet)
     prog = Progress("lora merge", sum(t.nbytes for _, g in todo for t in g), quiet)
-    on_bytes = _kill_hook(prog.add)
-    try:
-        with ThreadPoolExecutor(max(1, min(workers, len(todo) or 1))) as pool:
-            for f in [pool.submit(write_shard, stage.path(n), g, on_bytes) for n, g in todo]:
-                f.result()
-    except KeyboardInterrupt:
-        raise Hy3Error(f"interrupted; {stage.partial} holds the finished shards, rerun the same command to resume") from None
+    on_bytes = kill_hook(prog.add)
+    run_jobs(stage.partial, [lambda n=n, g=g: write_shard(stage.path(n), g, on_bytes) for n, g in todo], workers)
     seconds = prog.finish()
     total = sum(t.nbytes for t in tensors)
     write_index(stage.partial, {t.key: n for n, g in zip(names, groups) for t in g}, total)

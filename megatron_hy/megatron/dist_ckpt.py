@@ -28,7 +28,7 @@ from .. import __version__
 from ..config import Hy3Config, load_config
 from ..errors import Hy3Error
 from ..hf_checkpoint import HFCheckpoint
-from ..layout_convert import _kill_hook
+from ..hf_writer import kill_hook, layout_tensors, run_jobs
 from ..mapping import MCoreTensor, logical_tensors, mcore_tensors
 from ..progress import Progress, human_bytes, log
 from ..safetensors_io import FLOAT_DTYPES, dtype_name, parse_size, torch_dtype
@@ -242,7 +242,6 @@ def hf_to_mcore(hf_dir: str | Path, out: str | Path, workers: int = 4, dtype: st
                 padded_vocab: int | None = None, iteration: int = 1, overwrite: bool = False,
                 quiet: bool = False, max_file_size: str = "2GB", in_process: bool = False) -> dict:
     import torch
-    from concurrent.futures import ThreadPoolExecutor
 
     hf = HFCheckpoint(hf_dir)
     cfg = hf.config
@@ -284,15 +283,11 @@ def hf_to_mcore(hf_dir: str | Path, out: str | Path, workers: int = 4, dtype: st
     if stage.resumed and len(todo) < len(names):
         log(f"resuming {stage.partial}: {len(names) - len(todo)} of {len(names)} data files already written", quiet)
     prog = Progress("hf->mcore", sum(elem_bytes[id(c)] for i, _ in todo for c in groups[i]), quiet)
-    on_bytes = _kill_hook(prog.add)
-    try:
-        with ThreadPoolExecutor(max(1, min(workers, len(todo) or 1))) as pool:
-            futures = {n: pool.submit(dcp.write_file, it / n, groups[i], objects if i == 0 else [], on_bytes)
-                       for i, n in todo}
-            for n, f in futures.items():
-                done[n] = f.result()
-    except KeyboardInterrupt:
-        raise Hy3Error(f"interrupted; {stage.partial} holds the finished files, rerun the same command to resume") from None
+    on_bytes = kill_hook(prog.add)
+    results = run_jobs(stage.partial, [lambda i=i, n=n: dcp.write_file(it / n, groups[i], objects if i == 0 else [], on_bytes)
+                                       for i, n in todo], workers)
+    for (_, n), r in zip(todo, results):
+        done[n] = r
     seconds = prog.finish()
     specs = [dcp.TensorSpec(k, tensors[k].shape, chunk_dtype(source, tensors[k])) for k in sorted({c.key for c in chunks})]
     dcp.write_metadata(it, specs, [done[n] for n in names])
@@ -425,10 +420,8 @@ def mcore_to_hf(mcore_dir: str | Path, out: str | Path, hf_config: str | Path, f
                 dtype: str | None = None, overwrite: bool = False, quiet: bool = False) -> dict:
     import torch
     import xxhash
-    from concurrent.futures import ThreadPoolExecutor
 
-    from ..mapping import fused_parts
-    from ..safetensors_io import OutTensor, parse_size, plan_shards, shard_name, write_index, write_shard
+    from ..safetensors_io import parse_size, plan_shards, shard_name, write_index, write_shard
 
     if fmt not in ("inner", "outer"):
         raise Hy3Error(f"--format must be inner or outer, not {fmt!r}")
@@ -468,19 +461,7 @@ def mcore_to_hf(mcore_dir: str | Path, out: str | Path, hf_config: str | Path, f
             return lambda: _tensor_bytes(src.rows(name, a, b).to(out_dtype(name)))
         return [make(a, min(a + step, shape[0])) for a in range(0, shape[0], step)]
 
-    tensors: list[OutTensor] = []
-    fused = fused_parts(cfg)
-    seen = set()
-    for t in logical_tensors(cfg):
-        if fmt == "inner" or t.expert is None:
-            key = t.name if fmt == "inner" else t.outer_key
-            tensors.append(OutTensor(key, dtype_name(out_dtype(t.name)), t.shape, block_sources(t.name)))
-        elif t.outer_key not in seen:
-            seen.add(t.outer_key)
-            parts = fused[t.outer_key]
-            shape = (cfg.num_experts, sum(p.shape[0] for p in parts if p.expert == 0), parts[0].shape[1])
-            sources = [s for p in parts for s in block_sources(p.name)]
-            tensors.append(OutTensor(t.outer_key, dtype_name(out_dtype(parts[0].name)), shape, sources))
+    tensors = layout_tensors(cfg, fmt, block_sources, lambda n: dtype_name(out_dtype(n)), str(it))
     groups = plan_shards(tensors, parse_size(max_shard_size))
     names = [shard_name(i, len(groups)) for i in range(len(groups))]
     stamp = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(it.iterdir()) if p.is_file()]
@@ -490,19 +471,14 @@ def mcore_to_hf(mcore_dir: str | Path, out: str | Path, hf_config: str | Path, f
     if stage.resumed and len(todo) < len(groups):
         log(f"resuming {stage.partial}: {len(groups) - len(todo)} of {len(groups)} shards already written", quiet)
     prog = Progress("mcore->hf", sum(t.nbytes for _, g in todo for t in g), quiet)
-    on_bytes = _kill_hook(prog.add)
+    on_bytes = kill_hook(prog.add)
 
     def write(name, group):
         digest = xxhash.xxh3_128()
         write_shard(stage.path(name), group, on_bytes, digest)
         stage.path(name + ".xxh3").write_text(digest.hexdigest())  # for the manifest of a resumed run
 
-    try:
-        with ThreadPoolExecutor(max(1, min(workers, len(todo) or 1))) as pool:
-            for f in [pool.submit(write, n, g) for n, g in todo]:
-                f.result()
-    except KeyboardInterrupt:
-        raise Hy3Error(f"interrupted; {stage.partial} holds the finished shards, rerun the same command to resume") from None
+    run_jobs(stage.partial, [lambda n=n, g=g: write(n, g) for n, g in todo], workers)
     seconds = prog.finish()
     total = sum(t.nbytes for t in tensors)
     write_index(stage.partial, {t.key: n for n, g in zip(names, groups) for t in g}, total)
