@@ -76,3 +76,18 @@ def write_synthetic(root: str | Path, cfg: Hy3Config, shards: int = 7, on_shard=
     straddling = [i for i in cfg.moe_layers + cfg.mtp_layers
                   if len({f for k, f in weight_map.items() if k.startswith(LAYER.format(i=i) + "mlp.experts.")}) > 1]
     return {"bytes": total, "tensors": len(tensors), "shards": len(groups), "straddling_layers": straddling}
+
+
+def add_synthetic_args(p, repeats: int, workers: int, doc: str) -> None:
+    """The command-line flags every converter benchmark shares."""
+    p.add_argument("--workdir", help="where to build and convert (default: a new directory under /tmp, deleted at the end)")
+    p.add_argument("--keep", action="store_true", help="keep the work directory")
+    p.add_argument("--experts", type=int, default=64, help="routed experts per MoE layer (default 64)")
+    p.add_argument("--layers", type=int, default=3, help="decoder layers (default 3)")
+    p.add_argument("--dense-layers", type=int, default=1, help="leading dense layers (default 1)")
+    p.add_argument("--mtp", type=int, default=1, help="MTP layers (default 1)")
+    p.add_argument("--shards", type=int, default=7, help="shard files of the synthetic HF checkpoint (default 7)")
+    p.add_argument("--repeats", type=int, default=repeats, help=f"timed runs of each command (default {repeats})")
+    p.add_argument("--workers", type=int, default=workers, help=f"converter --workers (default {workers}, its default)")
+    p.add_argument("--warm", action="store_true", help="do not drop the page cache before each run")
+    p.add_argument("--doc", default=doc, help="markdown file to update ('' = none)")

@@ -25,7 +25,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-from benchmarks._synthetic import synthetic_config, write_synthetic  # noqa: E402
+from benchmarks._synthetic import add_synthetic_args, synthetic_config, write_synthetic  # noqa: E402
 from benchmarks.bench_layout import hy3, remove, timed, write_doc  # noqa: E402
 
 GB = 1e9
@@ -119,17 +119,7 @@ def markdown(res: dict) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--workdir", help="where to build and convert (default: a new directory under /tmp, deleted at the end)")
-    p.add_argument("--keep", action="store_true", help="keep the work directory")
-    p.add_argument("--experts", type=int, default=64, help="routed experts per MoE layer (default 64)")
-    p.add_argument("--layers", type=int, default=3, help="decoder layers (default 3)")
-    p.add_argument("--dense-layers", type=int, default=1, help="leading dense layers (default 1)")
-    p.add_argument("--mtp", type=int, default=1, help="MTP layers (default 1)")
-    p.add_argument("--shards", type=int, default=7, help="HF shard files (default 7)")
-    p.add_argument("--repeats", type=int, default=3, help="timed runs of each command (default 3)")
-    p.add_argument("--workers", type=int, default=4, help="converter --workers (default 4, its default)")
-    p.add_argument("--warm", action="store_true", help="do not drop the page cache before each run")
-    p.add_argument("--doc", default=str(REPO / "docs" / "benchmarks.md"), help="markdown file to update ('' = none)")
+    add_synthetic_args(p, repeats=3, workers=4, doc=str(REPO / "docs" / "benchmarks.md"))
     args = p.parse_args()
     res = run(args)
     print(json.dumps({k: v for k, v in res.items() if k != "runs"}, indent=1))

@@ -26,7 +26,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-from benchmarks._synthetic import synthetic_config, write_synthetic  # noqa: E402
+from benchmarks._synthetic import add_synthetic_args, synthetic_config, write_synthetic  # noqa: E402
 
 GB = 1e9
 START, END = "<!-- bench_layout: start -->", "<!-- bench_layout: end -->"
@@ -209,18 +209,8 @@ def write_doc(path: Path, section: str, start: str = START, end: str = END) -> N
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--workdir", help="where to build and convert (default: a new directory under /tmp, deleted at the end)")
-    p.add_argument("--keep", action="store_true", help="keep the work directory")
-    p.add_argument("--experts", type=int, default=64, help="routed experts per MoE layer (default 64)")
-    p.add_argument("--layers", type=int, default=3, help="decoder layers (default 3)")
-    p.add_argument("--dense-layers", type=int, default=1, help="leading dense layers (default 1)")
-    p.add_argument("--mtp", type=int, default=1, help="MTP layers (default 1)")
-    p.add_argument("--shards", type=int, default=7, help="input shard files (default 7)")
-    p.add_argument("--repeats", type=int, default=5, help="timed runs of each command (default 5)")
-    p.add_argument("--workers", type=int, default=8, help="converter --workers (default 8, its default)")
+    add_synthetic_args(p, repeats=5, workers=8, doc=str(REPO / "docs" / "benchmarks.md"))
     p.add_argument("--reverse", action="store_true", help="also time outer-to-inner")
-    p.add_argument("--warm", action="store_true", help="do not drop the page cache before each run")
-    p.add_argument("--doc", default=str(REPO / "docs" / "benchmarks.md"), help="markdown file to update ('' = none)")
     args = p.parse_args()
     res = run(args)
     print(json.dumps({k: v for k, v in res.items() if k != "runs"}, indent=1))
