@@ -132,3 +132,19 @@ def test_swift_settings_are_megatron_sft_flags_and_in_every_recipe():
                 assert args.get(key) == value, f"{path.name}: {key}"
     out = assert_ok(run_cli("config", HY3, "--to", "swift")).stdout
     assert "--moe_router_load_balancing_type none" in out and '"moe_router_bias_update_rate":0.0' in out
+
+
+@pytest.mark.slow
+def test_table_is_exactly_the_real_hy3_gptmodel():
+    """The full 80-layer, 192-expert Hy3 with its MTP layer, built by megatron-core on the meta device:
+    its checkpoint keys and global shapes are exactly the mapping table's."""
+    from megatron_hy.megatron.dist_ckpt import megatron_layout
+
+    cfg = load_config(HY3)
+    layout = megatron_layout(cfg, cfg.vocab_size)
+    table = {t.key: t.shape for t in mcore_tensors(cfg)}
+    megatron = {p.key: p.global_shape for p in layout["pieces"]}
+    assert megatron == table
+    assert len(table) == 975
+    assert table["mtp.layers.0.transformer_layer.mlp.experts.experts.linear_fc1.weight"] == (192, 3072, 4096)
+    assert table["decoder.layers.1.self_attention.linear_qkv.weight"] == ((64 + 2 * 8) * 128, 4096)
