@@ -49,7 +49,8 @@ def step_check(ctx: dict) -> str:
 
 
 def step_mcore(ctx: dict) -> str:
-    from .megatron.dist_ckpt import hf_to_mcore, mcore_to_hf
+    from .megatron.dist_ckpt import hf_to_mcore
+    from .megatron.mcore_to_hf import mcore_to_hf
 
     r = hf_to_mcore(ctx["outer"], ctx["work"] / "tiny-mcore", quiet=True)
     ctx["mcore"] = Path(r["output"])

@@ -230,18 +230,6 @@ def _read_into(path: Path, offset: int, nbytes: int, view: memoryview, drop_cach
         os.close(fd)
 
 
-def read_tensor(info: TensorInfo, start: int = 0, end: int | None = None):
-    """Elements [start, end) of a tensor (row-major), as a torch tensor; only those bytes are read."""
-    import torch
-
-    end = info.numel if end is None else end
-    item = info.itemsize
-    buf = read_bytes(info.file, info.start + start * item, (end - start) * item)
-    if not buf:
-        return torch.empty(0, dtype=torch_dtype(info.dtype))
-    return torch.frombuffer(buf, dtype=torch_dtype(info.dtype))
-
-
 def torch_dtype(name: str):
     import torch
 

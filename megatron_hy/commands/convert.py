@@ -81,7 +81,7 @@ def run_hf_to_mcore(args) -> int:
 
 
 def run_mcore_to_hf(args) -> int:
-    from ..megatron.dist_ckpt import mcore_to_hf
+    from ..megatron.mcore_to_hf import mcore_to_hf
 
     mcore_to_hf(args.input, args.output, args.hf_config, fmt=args.format, iteration=args.iteration,
                 workers=args.workers, max_shard_size=args.max_shard_size, dtype=args.dtype,

@@ -14,7 +14,7 @@ from ..errors import Hy3Error
 from ..hf_checkpoint import HFCheckpoint
 from ..hf_writer import kill_hook, layout_tensors, run_jobs
 from ..progress import Progress, human_bytes, log
-from ..safetensors_io import dtype_name, parse_size, plan_shards, shard_name, torch_dtype, write_index, write_shard
+from ..safetensors_io import parse_size, plan_shards, shard_name, torch_dtype, write_index, write_shard
 from ..staging import StagedDir, copy_other_files, plan_id
 from .adapters import open_adapter
 
@@ -106,5 +106,3 @@ def _set_config_dtype(path: Path, dtype: str) -> None:
             conf[key] = name
     path.write_text(json.dumps(conf, indent=2) + "\n")
 
-
-__all__ = ["merge_lora", "dtype_name"]

@@ -1,4 +1,5 @@
-"""Megatron `torch_dist` checkpoints of Hy3, written and read offline with bounded memory.
+"""Megatron `torch_dist` checkpoints of Hy3, written offline with bounded memory (`hy3 convert hf-to-mcore`;
+reading them back is mcore_to_hf.py).
 
 Directory layout (what ms-swift's `megatron sft --mcore_model` loads and `swift export --to_mcore`
 writes):
@@ -25,15 +26,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import __version__
-from ..config import Hy3Config, load_config
+from ..config import Hy3Config
 from ..errors import Hy3Error
 from ..hf_checkpoint import HFCheckpoint
-from ..hf_writer import kill_hook, layout_tensors, run_jobs
-from ..mapping import MCoreTensor, logical_tensors, mcore_tensors
+from ..hf_writer import kill_hook, run_jobs
+from ..mapping import MCoreTensor, mcore_tensors
 from ..progress import Progress, human_bytes, log
-from ..safetensors_io import FLOAT_DTYPES, dtype_name, parse_size, torch_dtype
-from ..staging import StagedDir, copy_other_files, plan_id
-from ..transforms import from_mcore, to_mcore
+from ..safetensors_io import parse_size, torch_dtype
+from ..staging import StagedDir, plan_id
+from ..transforms import to_mcore
 from . import dcp
 
 TRACKER = "latest_checkpointed_iteration.txt"
@@ -109,11 +110,11 @@ def megatron_layout(cfg: Hy3Config, padded_vocab: int, in_process: bool = False)
     import torch.distributed as dist
     from megatron.core import parallel_state as ps
 
-    from .harness import _free_port, apply_cpu_shims
+    from .harness import apply_cpu_shims, free_port
 
     apply_cpu_shims()
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-    os.environ.setdefault("MASTER_PORT", str(_free_port()))
+    os.environ.setdefault("MASTER_PORT", str(free_port()))
     owned = not dist.is_initialized()
     if owned:
         dist.init_process_group("gloo", rank=0, world_size=1)
@@ -342,7 +343,7 @@ def write_manifest(root: Path, kind: str, source: dict, files: dict) -> None:
     (root / MANIFEST).write_text(json.dumps(data, indent=2) + "\n")
 
 
-# --- Megatron -> HF -----------------------------------------------------------------------------
+# --- reading ------------------------------------------------------------------------------------
 
 def find_iteration_dir(root: str | Path, iteration: int | None = None) -> Path:
     root = Path(root)
@@ -371,157 +372,6 @@ def find_iteration_dir(root: str | Path, iteration: int | None = None) -> Path:
     if backend != "torch_dist":
         raise Hy3Error(f"{it}: sharded backend is {backend!r}; only torch_dist checkpoints are supported")
     return it
-
-
-class MCoreSource:
-    """Rows of logical HF tensors, read from a torch_dist checkpoint through the mapping table."""
-
-    def __init__(self, reader: dcp.DcpReader, cfg: Hy3Config, padded: int):
-        self.reader, self.cfg = reader, cfg
-        self.tensors = mcore_tensors(cfg, padded)
-        self.where: dict[str, tuple] = {}
-        for t in self.tensors:
-            for e in range(t.experts or 1):
-                names = t.sources(e if t.experts is not None else None)
-                start = 0
-                for j, n in enumerate(names):
-                    self.where[n] = (t, e if t.experts is not None else None, j, start)
-                    start += self.shape(n)[0]
-        self._qkv: dict = {}
-
-    def shape(self, name: str) -> tuple:
-        return self._shapes()[name]
-
-    def _shapes(self):
-        if not hasattr(self, "_shape_cache"):
-            self._shape_cache = {t.name: t.shape for t in logical_tensors(self.cfg)}
-        return self._shape_cache
-
-    def dtype(self, name: str):
-        return self.reader.dtype(self.where[name][0].key)
-
-    def rows(self, name: str, r0: int, r1: int):
-        t, e, j, start = self.where[name]
-        if t.row.op == "qkv":
-            if t.key not in self._qkv:
-                full = self.reader.read(t.key, (0,) * len(t.shape), t.shape)
-                shapes = [self.shape(n) for n in t.hf]
-                self._qkv = {t.key: dict(zip(t.hf, from_mcore("qkv", full, shapes, self.cfg)))}
-            return self._qkv[t.key][name][r0:r1]
-        cols = tuple(t.shape[2:] if e is not None else t.shape[1:])
-        if e is not None:
-            x = self.reader.read(t.key, (e, start + r0) + (0,) * len(cols), (1, r1 - r0) + cols)
-            return x[0]
-        return self.reader.read(t.key, (start + r0,) + (0,) * len(cols), (r1 - r0,) + cols)
-
-
-def mcore_to_hf(mcore_dir: str | Path, out: str | Path, hf_config: str | Path, fmt: str = "inner",
-                iteration: int | None = None, workers: int = 4, max_shard_size: str = "5GB",
-                dtype: str | None = None, overwrite: bool = False, quiet: bool = False) -> dict:
-    import torch
-    import xxhash
-
-    from ..safetensors_io import parse_size, plan_shards, shard_name, write_index, write_shard
-
-    if fmt not in ("inner", "outer"):
-        raise Hy3Error(f"--format must be inner or outer, not {fmt!r}")
-    cfg = load_config(hf_config)
-    it = find_iteration_dir(mcore_dir, iteration)
-    reader = dcp.DcpReader(it)
-    emb = "embedding.word_embeddings.weight"
-    if emb not in reader.tensors:
-        raise Hy3Error(f"{it}: no {emb}; not a Megatron GPT checkpoint")
-    padded = reader.shape(emb)[0]
-    if padded < cfg.vocab_size:
-        raise Hy3Error(f"{it}: embedding has {padded} rows, {hf_config}/config.json says vocab_size {cfg.vocab_size}")
-    src = MCoreSource(reader, cfg, padded)
-    _check_against_config(reader, src, it, hf_config)
-    names = {"bf16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16,
-             "bfloat16": torch.bfloat16, "float32": torch.float32, "float16": torch.float16}
-    if dtype is not None and dtype not in names:
-        raise Hy3Error(f"--dtype {dtype!r}: expected bf16, fp16 or fp32")
-    target = names.get(dtype) or names.get(cfg.dtype or "")
-
-    def out_dtype(name):
-        # HF Hy3 keeps the router's expert bias in fp32 (transformers: _keep_in_fp32_modules_strict)
-        if name.endswith("mlp.expert_bias"):
-            return torch.float32
-        d = src.dtype(name)
-        return target if (target is not None and d.is_floating_point) else d
-
-    def block_sources(name: str) -> list:
-        shape = src.shape(name)
-        row = 1
-        for s in shape[1:]:
-            row *= s
-        item = torch.empty((), dtype=out_dtype(name)).element_size()
-        step = max(1, CHUNK_BYTES // max(1, row * item))
-
-        def make(a, b):
-            return lambda: _tensor_bytes(src.rows(name, a, b).to(out_dtype(name)))
-        return [make(a, min(a + step, shape[0])) for a in range(0, shape[0], step)]
-
-    tensors = layout_tensors(cfg, fmt, block_sources, lambda n: dtype_name(out_dtype(n)), str(it))
-    groups = plan_shards(tensors, parse_size(max_shard_size))
-    names = [shard_name(i, len(groups)) for i in range(len(groups))]
-    stamp = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(it.iterdir()) if p.is_file()]
-    stage = StagedDir(out, plan_id({"v": 1, "it": str(it.resolve()), "stamp": stamp, "fmt": fmt, "dtype": dtype,
-                                    "shard": max_shard_size, "config": cfg.summary()}), overwrite).open()
-    todo = [(n, g) for n, g in zip(names, groups) if not stage.has(n)]
-    if stage.resumed and len(todo) < len(groups):
-        log(f"resuming {stage.partial}: {len(groups) - len(todo)} of {len(groups)} shards already written", quiet)
-    prog = Progress("mcore->hf", sum(t.nbytes for _, g in todo for t in g), quiet)
-    on_bytes = kill_hook(prog.add)
-
-    def write(name, group):
-        digest = xxhash.xxh3_128()
-        write_shard(stage.path(name), group, on_bytes, digest)
-        stage.path(name + ".xxh3").write_text(digest.hexdigest())  # for the manifest of a resumed run
-
-    run_jobs(stage.partial, [lambda n=n, g=g: write(n, g) for n, g in todo], workers)
-    seconds = prog.finish()
-    total = sum(t.nbytes for t in tensors)
-    write_index(stage.partial, {t.key: n for n, g in zip(names, groups) for t in g}, total)
-    copy_other_files(sorted(p for p in Path(hf_config).iterdir() if _carried(p)), stage.partial)
-    files = {}
-    for n in names:
-        mark = stage.path(n + ".xxh3")
-        files[n] = (stage.path(n).stat().st_size, mark.read_text().strip() if mark.exists() else file_xxh3(stage.path(n)))
-        mark.unlink(missing_ok=True)
-    write_manifest(stage.partial, f"hf-{fmt}", {"mcore_dir": str(Path(mcore_dir).resolve()), "iteration_dir": it.name},
-                   files)
-    stage.finish()
-    log(f"wrote {out}: {len(tensors)} tensors ({fmt} layout) in {len(groups)} shards, {human_bytes(total)} "
-        f"in {seconds:.1f}s", quiet)
-    return {"output": str(out), "tensors": len(tensors), "shards": len(groups), "bytes": total, "seconds": seconds}
-
-
-def _carried(p: Path) -> bool:
-    return p.is_file() and not p.name.endswith(".safetensors") and p.name != "model.safetensors.index.json" \
-        and not p.name.startswith(".") and p.name != MANIFEST
-
-
-def _tensor_bytes(t) -> memoryview:
-    """The tensor's bytes, without copying when it is already contiguous."""
-    import torch
-
-    return memoryview(t.contiguous().view(-1).view(torch.uint8).numpy())
-
-
-def _check_against_config(reader: dcp.DcpReader, src: MCoreSource, it: Path, hf_config) -> None:
-    model_keys = {k for k in reader.keys() if not k.startswith("optimizer.")}
-    table = {t.key: t for t in src.tensors}
-    missing = sorted(set(table) - model_keys)
-    if missing:
-        raise Hy3Error(f"{it}: missing tensor {missing[0]} that {hf_config}/config.json requires"
-                       + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
-    extra = sorted(model_keys - set(table))
-    if extra:
-        raise Hy3Error(f"{it}: tensor {extra[0]} is not covered by the Hy3 mapping table for this config"
-                       + (f" (and {len(extra) - 1} more)" if len(extra) > 1 else ""))
-    for k, t in table.items():
-        if reader.shape(k) != tuple(t.shape):
-            raise Hy3Error(f"{it}: {k} has shape {list(reader.shape(k))}, {hf_config}/config.json implies {list(t.shape)}")
 
 
 # --- a live model through megatron-core's own checkpointing ----------------------------------------
@@ -565,7 +415,3 @@ def load_mcore_into_model(model, mcore_dir: str | Path, iteration: int | None = 
     bad = [k for k in missing if not k.endswith("_extra_state")]
     if bad:
         raise Hy3Error(f"{it}: the checkpoint did not provide {bad[0]}")
-
-
-__all__ = ["hf_to_mcore", "mcore_to_hf", "load_mcore_into_model", "megatron_layout", "find_iteration_dir",
-           "FLOAT_DTYPES"]

@@ -119,7 +119,7 @@ def parallel_config(tp: int = 1, pp: int = 1, ep: int = 1, etp: int | None = Non
                 expert_tensor_parallel_size=etp if etp is not None else tp, sequence_parallel=False)
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -168,7 +168,7 @@ def run_distributed(fn: Callable, world: int, *args, timeout: float = 900) -> li
 
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    port = _free_port()
+    port = free_port()
     procs = [ctx.Process(target=_child, args=(r, world, port, fn, args, queue), daemon=False) for r in range(world)]
     for p in procs:
         p.start()

@@ -14,7 +14,7 @@ from typing import Callable, Iterator
 
 from ..config import Hy3Config
 from ..errors import Hy3Error
-from ..mapping import MCoreTensor, mcore_tensors
+from ..mapping import mcore_tensors
 from ..transforms import from_mcore, to_mcore
 
 
@@ -51,10 +51,6 @@ def local_region(st) -> tuple[tuple[int, ...], tuple]:
     pre = tuple(st.global_offset[:n])
     slices = tuple(slice(o, o + s) for o, s in zip(st.global_offset[n:], st.local_shape))
     return pre, slices
-
-
-def covered_keys(model) -> set[str]:
-    return {st.key for st in sharded_tensors(model_sharded_state_dict(model))}
 
 
 def load_into_model(model, cfg: Hy3Config, read: Callable[[str], "object"], padded_vocab: int | None = None) -> int:
@@ -208,5 +204,3 @@ def check_covered(cfg: Hy3Config, keys: set[str], padded_vocab: int | None = Non
     if missing:
         raise Hy3Error(f"mapping table entry {missing[0]} does not exist in the Megatron model")
 
-
-__all__ = ["sharded_tensors", "load_into_model", "export_pieces", "assemble_hf", "check_covered", "MCoreTensor"]
