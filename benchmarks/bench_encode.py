@@ -40,6 +40,8 @@ from pathlib import Path  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+from benchmarks.bench_layout import write_doc  # noqa: E402
+
 START, END = "<!-- bench_encode: start -->", "<!-- bench_encode: end -->"
 TOOL = {"type": "function", "function": {"name": "get_weather", "description": "Current weather for a city",
                                          "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
@@ -209,16 +211,6 @@ def markdown(res: dict) -> str:
     return "\n".join(lines)
 
 
-def write_doc(path: Path, section: str) -> None:
-    text = path.read_text() if path.exists() else "# Benchmarks\n\nNumbers measured by the scripts in `benchmarks/`.\n"
-    block = f"{START}\n{section}\n{END}"
-    if START in text and END in text:
-        text = text[:text.index(START)] + block + text[text.index(END) + len(END):]
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    path.write_text(text)
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--rows", type=int, default=2000, help="synthetic rows (default 2000)")
@@ -229,7 +221,7 @@ def main() -> None:
     res = run(args)
     print(json.dumps(res, indent=1))
     if args.doc:
-        write_doc(Path(args.doc), markdown(res))
+        write_doc(Path(args.doc), markdown(res), START, END)
         print(f"updated {args.doc}", file=sys.stderr)
     if not res["identical_ids_and_labels"]:
         sys.exit("output differs from ms-swift's")

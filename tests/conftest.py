@@ -126,3 +126,19 @@ def tiny_tencent(tmp_path_factory) -> Path:
 
     return write_tiny(tmp_path_factory.mktemp("fixtures") / "tiny-tencent", TinySpec(), fmt="inner", seed=0,
                       config_style="tencent")
+
+
+# --- a small valid recipe (launch and plan tests) ------------------------------------------------
+
+TEST_RECIPE = """\
+# test recipe, one node
+cluster: {nodes: 1, gpus_per_node: 8, gpu_memory_gb: 141}
+args:
+  tuner_type: lora
+  tensor_model_parallel_size: 8
+  sequence_parallel: true
+  expert_model_parallel_size: 8
+  max_length: 4096
+  moe_router_load_balancing_type: none
+  megatron_extra_kwargs: {moe_router_bias_update_rate: 0.0}
+"""

@@ -10,7 +10,7 @@ import subprocess
 
 import pytest
 
-from conftest import REPO, assert_ok, assert_one_error, run_cli
+from conftest import TEST_RECIPE, REPO, assert_ok, assert_one_error, run_cli
 from megatron_hy.cli import main
 from megatron_hy.errors import Hy3Error
 from megatron_hy.launch import expand_hostlist, resolve_cluster
@@ -20,18 +20,7 @@ from megatron_hy.plan.recipe import to_cli
 LAUNCH_VARS = ("IP_LIST", "LOCAL_IP", "NNODES", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT", "SLURM_JOB_NODELIST",
                "SLURM_NODEID", "SLURM_NNODES", "SLURM_JOB_ID")
 
-ONE_NODE = """\
-# test recipe, one node
-cluster: {nodes: 1, gpus_per_node: 8, gpu_memory_gb: 141}
-args:
-  tuner_type: lora
-  tensor_model_parallel_size: 8
-  sequence_parallel: true
-  expert_model_parallel_size: 8
-  max_length: 4096
-  moe_router_load_balancing_type: none
-  megatron_extra_kwargs: {moe_router_bias_update_rate: 0.0}
-"""
+ONE_NODE = TEST_RECIPE
 TWO_NODES = ONE_NODE.replace("nodes: 1", "nodes: 2").replace("expert_model_parallel_size: 8",
                                                               "expert_model_parallel_size: 16")
 ENV = "CUDA_DEVICE_MAX_CONNECTIONS=1 PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True NCCL_DEBUG=WARN"

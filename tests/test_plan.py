@@ -11,7 +11,7 @@ import json
 
 import pytest
 
-from conftest import assert_one_error, run_cli
+from conftest import TEST_RECIPE, assert_one_error, run_cli
 from megatron_hy.cli import main
 from megatron_hy.plan.planner import plan_recipe
 from megatron_hy.plan.recipe import Cluster, Recipe
@@ -251,18 +251,7 @@ def write(tmp_path, text, name="r.yaml"):
     return f
 
 
-RECIPE = """\
-# test recipe
-cluster: {nodes: 1, gpus_per_node: 8, gpu_memory_gb: 141}
-args:
-  tuner_type: lora
-  tensor_model_parallel_size: 8
-  sequence_parallel: true
-  expert_model_parallel_size: 8
-  max_length: 4096
-  moe_router_load_balancing_type: none
-  megatron_extra_kwargs: {moe_router_bias_update_rate: 0.0}
-"""
+RECIPE = TEST_RECIPE
 
 
 def test_cli_json_has_the_documented_keys(tmp_path, capsys):
