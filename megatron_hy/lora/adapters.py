@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -108,6 +109,7 @@ class McoreAdapter(Adapter):
         from ..megatron.dist_ckpt import find_iteration_dir
 
         self.root, self.config, self.notes = root, cfg, []
+        self._local = threading.local()
         self.it = find_iteration_dir(root, iteration)
         self.reader = DcpReader(self.it)
         args = _swift_args(root, self.it)
@@ -154,7 +156,14 @@ class McoreAdapter(Adapter):
         return sorted(self.where)
 
     def _raw(self, module: str, t: MCoreTensor, expert):
-        """(A, B) of a Megatron module (one expert's), B in base-weight global row order."""
+        """(A, B) of a Megatron module (one expert's), B in base-weight global row order. The last one read
+        is kept per thread: q, k and v (gate and up) come from the same factors, one after another."""
+        cached = getattr(self._local, "raw", None)
+        if cached is None or cached[0] != (module, expert):
+            cached = self._local.raw = ((module, expert), self._read_raw(module, t, expert))
+        return cached[1]
+
+    def _read_raw(self, module: str, t: MCoreTensor, expert):
         import torch
 
         def read(part):

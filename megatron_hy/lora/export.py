@@ -67,8 +67,9 @@ def export_peft(adapter_dir: str | Path, base_dir: str | Path, out: str | Path, 
             continue
         f = adapter.factors(name)
         module = _module(name)
-        tensors[f"{PREFIX}{module}.lora_A.weight"] = f.A.contiguous()
-        tensors[f"{PREFIX}{module}.lora_B.weight"] = f.B.contiguous()
+        # PEFT keeps one lora_A per module, even where Megatron shares it (q/k/v, gate/up)
+        tensors[f"{PREFIX}{module}.lora_A.weight"] = f.A.clone()
+        tensors[f"{PREFIX}{module}.lora_B.weight"] = f.B.clone()
         modules.append(module)
         ranks[module] = (f.A.shape[0], _scaling_of(adapter, name))
     for layer, projs in sorted(experts.items()):

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from argparse import Namespace
 from dataclasses import dataclass
 from pathlib import Path
@@ -133,16 +134,17 @@ class HFSource:
 
     def __init__(self, hf: HFCheckpoint, tensors: dict[str, MCoreTensor], dtype=None):
         self.hf, self.tensors, self.dtype = hf, tensors, dtype
-        self._qkv: dict = {}
+        self._local = threading.local()  # writer threads share this source; each keeps its own qkv
 
     def rows(self, t: MCoreTensor, expert: int | None, r0: int, r1: int):
         import torch
 
         names = t.sources(expert)
         if t.row.op == "qkv":
-            if t.key not in self._qkv:
-                self._qkv = {t.key: to_mcore("qkv", [self.hf.read(n) for n in names], self.hf.config)}
-            out = self._qkv[t.key][r0:r1]
+            cached = getattr(self._local, "qkv", None)
+            if cached is None or cached[0] != t.key:
+                cached = self._local.qkv = (t.key, to_mcore("qkv", [self.hf.read(n) for n in names], self.hf.config))
+            out = cached[1][r0:r1]
         else:
             spans, start = [], 0
             for n in names:

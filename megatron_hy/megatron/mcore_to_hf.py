@@ -7,6 +7,7 @@ mapping table, and streamed into shards in the inner or outer layout.
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 from ..config import Hy3Config, load_config
@@ -27,23 +28,18 @@ class MCoreSource:
     def __init__(self, reader: dcp.DcpReader, cfg: Hy3Config, padded: int):
         self.reader, self.cfg = reader, cfg
         self.tensors = mcore_tensors(cfg, padded)
+        self.shapes = {t.name: t.shape for t in logical_tensors(cfg)}
         self.where: dict[str, tuple] = {}
         for t in self.tensors:
             for e in range(t.experts or 1):
-                names = t.sources(e if t.experts is not None else None)
                 start = 0
-                for j, n in enumerate(names):
+                for j, n in enumerate(t.sources(e if t.experts is not None else None)):
                     self.where[n] = (t, e if t.experts is not None else None, j, start)
-                    start += self.shape(n)[0]
-        self._qkv: dict = {}
+                    start += self.shapes[n][0]
+        self._local = threading.local()  # writer threads share this source; each keeps its own qkv
 
     def shape(self, name: str) -> tuple:
-        return self._shapes()[name]
-
-    def _shapes(self):
-        if not hasattr(self, "_shape_cache"):
-            self._shape_cache = {t.name: t.shape for t in logical_tensors(self.cfg)}
-        return self._shape_cache
+        return self.shapes[name]
 
     def dtype(self, name: str):
         return self.reader.dtype(self.where[name][0].key)
@@ -51,11 +47,12 @@ class MCoreSource:
     def rows(self, name: str, r0: int, r1: int):
         t, e, j, start = self.where[name]
         if t.row.op == "qkv":
-            if t.key not in self._qkv:
+            cached = getattr(self._local, "qkv", None)
+            if cached is None or cached[0] != t.key:
                 full = self.reader.read(t.key, (0,) * len(t.shape), t.shape)
-                shapes = [self.shape(n) for n in t.hf]
-                self._qkv = {t.key: dict(zip(t.hf, from_mcore("qkv", full, shapes, self.cfg)))}
-            return self._qkv[t.key][name][r0:r1]
+                parts = from_mcore("qkv", full, [self.shapes[n] for n in t.hf], self.cfg)
+                cached = self._local.qkv = (t.key, dict(zip(t.hf, parts)))
+            return cached[1][name][r0:r1]
         cols = tuple(t.shape[2:] if e is not None else t.shape[1:])
         if e is not None:
             x = self.reader.read(t.key, (e, start + r0) + (0,) * len(cols), (1, r1 - r0) + cols)
