@@ -23,7 +23,7 @@ def step_make_tiny(ctx: dict) -> str:
 
 
 def step_inner_to_outer(ctx: dict) -> str:
-    from .layout_convert import convert_layout
+    from .convert.layout import convert_layout
 
     r = convert_layout(ctx["inner"], ctx["work"] / "tiny-outer", "outer", quiet=True)
     ctx["outer"] = Path(r["output"])
@@ -31,7 +31,7 @@ def step_inner_to_outer(ctx: dict) -> str:
 
 
 def step_outer_to_inner(ctx: dict) -> str:
-    from .layout_convert import convert_layout
+    from .convert.layout import convert_layout
 
     back = ctx["work"] / "tiny-inner-again"
     convert_layout(ctx["outer"], back, "inner", quiet=True)
@@ -49,8 +49,8 @@ def step_check(ctx: dict) -> str:
 
 
 def step_mcore(ctx: dict) -> str:
-    from .megatron.dist_ckpt import hf_to_mcore
-    from .megatron.mcore_to_hf import mcore_to_hf
+    from .convert.hf_to_mcore import hf_to_mcore
+    from .convert.mcore_to_hf import mcore_to_hf
 
     r = hf_to_mcore(ctx["outer"], ctx["work"] / "tiny-mcore", quiet=True)
     ctx["mcore"] = Path(r["output"])

@@ -8,7 +8,7 @@ def save_with_megatron_from_hf(rank: int, world: int, hf_dir: str, out: str, tp:
     import torch
 
     from megatron_hy.hf_checkpoint import HFCheckpoint
-    from megatron_hy.megatron.dist_ckpt import save_with_megatron
+    from megatron_hy.convert.hf_to_mcore import save_with_megatron
     from megatron_hy.megatron.harness import CPU_CONFIG, init_parallel, parallel_config
     from megatron_hy.megatron.model import build_gpt_model, make_transformer_config
     from megatron_hy.megatron.weights import load_into_model

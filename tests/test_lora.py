@@ -138,7 +138,7 @@ def test_zero_adapter_merge_is_byte_identical(tmp_path, fmt):
 
 def test_outer_base_merges_into_outer_layout(base, tmp_path):
     from megatron_hy.hf_checkpoint import HFCheckpoint
-    from megatron_hy.layout_convert import convert_layout
+    from megatron_hy.convert.layout import convert_layout
 
     outer = tmp_path / "outer"
     convert_layout(base, outer, "outer", quiet=True)

@@ -33,7 +33,7 @@ def pair(tmp_path_factory):
 @pytest.fixture(scope="module")
 def mcore(pair, tmp_path_factory):
     """The same model as a torch_dist checkpoint written offline by `hy3 convert hf-to-mcore`."""
-    from megatron_hy.megatron.dist_ckpt import hf_to_mcore
+    from megatron_hy.convert.hf_to_mcore import hf_to_mcore
 
     out = tmp_path_factory.mktemp("mcore") / "ckpt"
     hf_to_mcore(pair[1], out, quiet=True)

@@ -64,7 +64,7 @@ def register(sub) -> None:
 
 
 def run_layout(args) -> int:
-    from ..layout_convert import convert_layout
+    from ..convert.layout import convert_layout
 
     convert_layout(args.input, args.output, args.to, workers=args.workers, max_shard_size=args.max_shard_size,
                    overwrite=args.overwrite, quiet=args.quiet)
@@ -72,7 +72,7 @@ def run_layout(args) -> int:
 
 
 def run_hf_to_mcore(args) -> int:
-    from ..megatron.dist_ckpt import hf_to_mcore
+    from ..convert.hf_to_mcore import hf_to_mcore
 
     hf_to_mcore(args.input, args.output, workers=args.workers, dtype=args.dtype, padded_vocab=args.padded_vocab,
                 iteration=args.iteration, overwrite=args.overwrite, quiet=args.quiet, max_file_size=args.max_file_size,
@@ -81,7 +81,7 @@ def run_hf_to_mcore(args) -> int:
 
 
 def run_mcore_to_hf(args) -> int:
-    from ..megatron.mcore_to_hf import mcore_to_hf
+    from ..convert.mcore_to_hf import mcore_to_hf
 
     mcore_to_hf(args.input, args.output, args.hf_config, fmt=args.format, iteration=args.iteration,
                 workers=args.workers, max_shard_size=args.max_shard_size, dtype=args.dtype,

@@ -105,8 +105,8 @@ class McoreAdapter(Adapter):
     kind = "mcore"
 
     def __init__(self, root: Path, cfg: Hy3Config, rslora: str = "auto", iteration: int | None = None):
-        from ..megatron.dcp import DcpReader
-        from ..megatron.dist_ckpt import find_iteration_dir
+        from ..convert.dcp import DcpReader
+        from ..convert.hf_to_mcore import find_iteration_dir
 
         self.root, self.config, self.notes = root, cfg, []
         self._local = threading.local()

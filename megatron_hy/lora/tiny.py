@@ -69,8 +69,8 @@ def write_mcore_adapter(out: Path, cfg: Hy3Config, factors: dict, alpha: float, 
                         use_rslora: bool = False) -> Path:
     import torch
 
-    from ..megatron import dcp
-    from ..megatron.dist_ckpt import CONTENT_METADATA, TRACKER, iter_dir_name
+    from ..convert import dcp
+    from ..convert.hf_to_mcore import CONTENT_METADATA, TRACKER, iter_dir_name
 
     out = Path(out)
     shutil.rmtree(out, ignore_errors=True)

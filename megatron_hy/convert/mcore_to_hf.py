@@ -19,7 +19,7 @@ from ..safetensors_io import dtype_name
 from ..staging import StagedDir, copy_other_files, plan_id
 from ..transforms import from_mcore
 from . import dcp
-from .dist_ckpt import CHUNK_BYTES, MANIFEST, file_xxh3, find_iteration_dir, write_manifest
+from .hf_to_mcore import CHUNK_BYTES, MANIFEST, file_xxh3, find_iteration_dir, write_manifest
 
 
 class MCoreSource:

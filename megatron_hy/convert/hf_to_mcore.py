@@ -67,9 +67,9 @@ def _layout_rank(rank: int, world: int, cfg_dict: dict, padded_vocab: int) -> di
     from megatron.core.dist_checkpointing.mapping import ShardedObject, ShardedTensor, ShardedTensorFactory
 
     from ..config import config_from_dict
-    from .harness import CPU_CONFIG, init_parallel
-    from .model import build_gpt_model, make_transformer_config
-    from .weights import model_sharded_state_dict
+    from ..megatron.harness import CPU_CONFIG, init_parallel
+    from ..megatron.model import build_gpt_model, make_transformer_config
+    from ..megatron.weights import model_sharded_state_dict
 
     init_parallel()
     cfg = config_from_dict(cfg_dict)
@@ -105,13 +105,13 @@ def megatron_layout(cfg: Hy3Config, padded_vocab: int, in_process: bool = False)
     one-shot CLI process: saves starting another); otherwise in a fresh process, keeping the caller clean."""
     args = ({**cfg.to_transformers(), "model_type": "hy_v3"}, padded_vocab)
     if not in_process:
-        from .harness import run_distributed
+        from ..megatron.harness import run_distributed
 
         return run_distributed(_layout_rank, 1, *args)[0]
     import torch.distributed as dist
     from megatron.core import parallel_state as ps
 
-    from .harness import apply_cpu_shims, free_port
+    from ..megatron.harness import apply_cpu_shims, free_port
 
     apply_cpu_shims()
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
@@ -248,7 +248,7 @@ def hf_to_mcore(hf_dir: str | Path, out: str | Path, workers: int = 4, dtype: st
 
     hf = HFCheckpoint(hf_dir)
     cfg = hf.config
-    from .config import check_supported
+    from ..megatron.config import check_supported
 
     check_supported(cfg)
     padded = padded_vocab or cfg.vocab_size
@@ -260,7 +260,7 @@ def hf_to_mcore(hf_dir: str | Path, out: str | Path, workers: int = 4, dtype: st
     log(f"reading Megatron's layout for this model (meta-device GPTModel, {cfg.num_layers} layers)", quiet)
     layout = megatron_layout(cfg, padded, in_process)
     tensors = {t.key: t for t in mcore_tensors(cfg, padded)}
-    from .weights import check_covered
+    from ..megatron.weights import check_covered
 
     check_covered(cfg, {p.key for p in layout["pieces"]}, padded)
     source = HFSource(hf, tensors, target)
@@ -385,7 +385,7 @@ def save_with_megatron(model, out: str | Path, iteration: int = 1) -> Path:
     from megatron.core import dist_checkpointing
     from megatron.core import parallel_state as ps
 
-    from .weights import model_sharded_state_dict
+    from ..megatron.weights import model_sharded_state_dict
 
     it = Path(out) / iter_dir_name(iteration)
     if dist.get_rank() == 0:
@@ -409,7 +409,7 @@ def load_mcore_into_model(model, mcore_dir: str | Path, iteration: int | None = 
     """What ms-swift does for --mcore_model: dist_checkpointing.load into the model's sharded state dict."""
     from megatron.core import dist_checkpointing
 
-    from .weights import model_sharded_state_dict
+    from ..megatron.weights import model_sharded_state_dict
 
     it = find_iteration_dir(mcore_dir, iteration)
     state = dist_checkpointing.load({"model": model_sharded_state_dict(model)}, str(it))

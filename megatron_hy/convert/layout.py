@@ -11,12 +11,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .errors import Hy3Error
-from .hf_checkpoint import HFCheckpoint
-from .hf_writer import kill_hook, layout_tensors, run_jobs
-from .progress import Progress, human_bytes, log
-from .safetensors_io import OutTensor, parse_size, plan_shards, shard_name, write_index, write_shard
-from .staging import StagedDir, copy_other_files, plan_id
+from ..errors import Hy3Error
+from ..hf_checkpoint import HFCheckpoint
+from ..hf_writer import kill_hook, layout_tensors, run_jobs
+from ..progress import Progress, human_bytes, log
+from ..safetensors_io import OutTensor, parse_size, plan_shards, shard_name, write_index, write_shard
+from ..staging import StagedDir, copy_other_files, plan_id
 
 
 def plan_layout(src: HFCheckpoint, to: str) -> list[OutTensor]:
