@@ -11,8 +11,10 @@ import shutil
 import pytest
 
 from conftest import assert_ok, assert_one_error, load_tensors, run_cli, same_bits
-from megatron_hy.convert.hf_to_mcore import MANIFEST, TRACKER, hf_to_mcore
+from megatron_hy.convert.hf_to_mcore import hf_to_mcore
+from megatron_hy.convert.manifest import MANIFEST
 from megatron_hy.convert.mcore_to_hf import mcore_to_hf
+from megatron_hy.convert.torch_dist import TRACKER
 from megatron_hy.megatron.harness import run_distributed
 from megatron_hy.tiny import TinySpec, write_tiny
 

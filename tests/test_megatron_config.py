@@ -138,7 +138,7 @@ def test_swift_settings_are_megatron_sft_flags_and_in_every_recipe():
 def test_table_is_exactly_the_real_hy3_gptmodel():
     """The full 80-layer, 192-expert Hy3 with its MTP layer, built by megatron-core on the meta device:
     its checkpoint keys and global shapes are exactly the mapping table's."""
-    from megatron_hy.convert.hf_to_mcore import megatron_layout
+    from megatron_hy.convert.mcore_pieces import megatron_layout
 
     cfg = load_config(HY3)
     layout = megatron_layout(cfg, cfg.vocab_size)

@@ -1,20 +1,11 @@
-"""Megatron `torch_dist` checkpoints of Hy3, written offline with bounded memory (`hy3 convert hf-to-mcore`;
-reading them back is mcore_to_hf.py).
+"""`hy3 convert hf-to-mcore`: an HF Hy3 checkpoint as a Megatron `torch_dist` checkpoint, written offline
+with bounded memory (reading one back is mcore_to_hf.py).
 
-Directory layout (what ms-swift's `megatron sft --mcore_model` loads and `swift export --to_mcore`
-writes):
-
-    OUT/latest_checkpointed_iteration.txt      "1"
-    OUT/args.json                              model path and tuner type, read by ms-swift
-    OUT/iter_0000001/metadata.json             dist_checkpointing backend: torch_dist
-    OUT/iter_0000001/common.pt                 args (TP/PP, no optimizer, no RNG), content metadata
-    OUT/iter_0000001/.metadata, __*_0.distcp   the PyTorch DCP with every model tensor
-    OUT/hy3-manifest.json                      what was written, with sha256 per file
-
-Keys, global shapes and the pieces each tensor is stored in come from megatron-core itself: the Hy3
-GPTModel is built on the meta device (TP=PP=EP=1) in a CPU process and its `sharded_state_dict()`
-is read. The mapping table says which HF tensors fill each piece. DCP reshards on load, so the
-checkpoint loads under any TP/PP/EP/ETP.
+The pieces each Megatron tensor is stored in come from megatron-core itself (mcore_pieces.py); the
+mapping table says which HF tensors fill each piece; every piece is split by rows into chunks of at
+most 64 MB, read from the HF files and written into DCP data files (dcp.py) in the directory layout
+ms-swift's `megatron sft --mcore_model` loads (torch_dist.py), with a manifest of what was written.
+DCP reshards on load, so the checkpoint loads under any TP/PP/EP/ETP.
 """
 
 from __future__ import annotations
@@ -23,7 +14,6 @@ import json
 import os
 import threading
 from argparse import Namespace
-from dataclasses import dataclass
 from pathlib import Path
 
 from .. import __version__
@@ -37,94 +27,10 @@ from ..safetensors_io import parse_size, torch_dtype
 from ..staging import StagedDir, plan_id
 from ..transforms import to_mcore
 from . import dcp
-
-TRACKER = "latest_checkpointed_iteration.txt"
-MANIFEST = "hy3-manifest.json"
-CHUNK_BYTES = 64 * 1024 * 1024
-# What ms-swift passes to sharded_state_dict() and records as content metadata (megatron_lm_utils).
-CONTENT_METADATA = {"singleton_local_shards": False, "chained_optim_avoid_prefix": True,
-                    "distrib_optim_sharding_type": "dp_reshardable"}
-
-
-def iter_dir_name(iteration: int) -> str:
-    return f"iter_{iteration:07d}"
-
-
-# --- the layout, from megatron-core ------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Piece:
-    """One ShardedTensor of the TP=PP=EP=1 model: a region of a global tensor."""
-    key: str
-    global_shape: tuple
-    offsets: tuple   # global offsets, prepended (expert) axes included
-    sizes: tuple     # region sizes, prepended axes are 1
-    prepend: int
-
-
-def _layout_rank(rank: int, world: int, cfg_dict: dict, padded_vocab: int) -> dict:
-    import torch
-    from megatron.core.dist_checkpointing.mapping import ShardedObject, ShardedTensor, ShardedTensorFactory
-
-    from ..config import config_from_dict
-    from ..megatron.harness import CPU_CONFIG, init_parallel
-    from ..megatron.model import build_gpt_model, make_transformer_config
-    from ..megatron.weights import model_sharded_state_dict
-
-    init_parallel()
-    cfg = config_from_dict(cfg_dict)
-    tconfig = make_transformer_config(cfg, **CPU_CONFIG, params_dtype=torch.bfloat16, perform_initialization=False)
-    with torch.device("meta"):
-        model = build_gpt_model(cfg, tconfig, padded_vocab=padded_vocab, use_te=False)
-    pieces, objects = [], []
-    stack = [model_sharded_state_dict(model)]
-    while stack:
-        node = stack.pop()
-        if isinstance(node, dict):
-            stack.extend(node.values())
-        elif isinstance(node, (list, tuple)):
-            stack.extend(node)
-        elif isinstance(node, ShardedTensorFactory):
-            stack.append(node.build())
-        elif isinstance(node, ShardedTensor):
-            n = node.prepend_axis_num
-            pieces.append(Piece(node.key, tuple(node.global_shape), tuple(node.global_offset),
-                                (1,) * n + tuple(node.local_shape), n))
-            if node.key.endswith("norm.weight"):
-                # Standalone norms are transformer-engine RMSNorm ops in the TE spec (GPU training), and
-                # TE ops carry an `_extra_state` that the TE model asks the checkpoint for.
-                objects.append(ShardedObject(node.key[: -len("weight")] + "_extra_state", None,
-                                             (1,), (0,), replica_id=0).unique_key)
-        elif isinstance(node, ShardedObject):
-            objects.append(node.unique_key)
-    return {"pieces": sorted(pieces, key=lambda p: (p.key, p.offsets)), "objects": sorted(set(objects))}
-
-
-def megatron_layout(cfg: Hy3Config, padded_vocab: int, in_process: bool = False) -> dict:
-    """Megatron's pieces for this model. in_process builds the meta-device model in this process (a
-    one-shot CLI process: saves starting another); otherwise in a fresh process, keeping the caller clean."""
-    args = ({**cfg.to_transformers(), "model_type": "hy_v3"}, padded_vocab)
-    if not in_process:
-        from ..megatron.harness import run_distributed
-
-        return run_distributed(_layout_rank, 1, *args)[0]
-    import torch.distributed as dist
-    from megatron.core import parallel_state as ps
-
-    from ..megatron.harness import apply_cpu_shims, free_port
-
-    apply_cpu_shims()
-    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-    os.environ.setdefault("MASTER_PORT", str(free_port()))
-    owned = not dist.is_initialized()
-    if owned:
-        dist.init_process_group("gloo", rank=0, world_size=1)
-    try:
-        return _layout_rank(0, 1, *args)
-    finally:
-        ps.destroy_model_parallel()
-        if owned:
-            dist.destroy_process_group()
+from .dcp import CHUNK_BYTES
+from .manifest import write_manifest
+from .mcore_pieces import megatron_layout
+from .torch_dist import TRACKER, iter_dir_name, write_iteration_files
 
 
 # --- HF -> Megatron regions ---------------------------------------------------------------------
@@ -318,102 +224,7 @@ def _chunk_bytes(c, source, tensors) -> int:
 
 
 def _write_common(it: Path, iteration: int, cfg: Hy3Config, padded: int, hf_dir) -> None:
-    import torch
-
     args = Namespace(tensor_model_parallel_size=1, pipeline_model_parallel_size=1, expert_model_parallel_size=1,
                      no_save_optim=True, no_save_rng=True, consumed_train_samples=0, padded_vocab_size=padded,
                      hy3_converted_from=str(Path(hf_dir).resolve()), hy3_version=__version__)
-    common = {"args": args, "checkpoint_version": 3.0, "iteration": iteration, "content_metadata": CONTENT_METADATA}
-    torch.save(common, it / "common.pt")
-    (it / "metadata.json").write_text(json.dumps({"sharded_backend": "torch_dist", "sharded_backend_version": 1,
-                                                  "common_backend": "torch", "common_backend_version": 1}))
-
-
-def file_xxh3(path: Path) -> str:
-    import xxhash
-
-    h = xxhash.xxh3_128()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(16 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def write_manifest(root: Path, kind: str, source: dict, files: dict) -> None:
-    data = {"format": kind, "created_by": f"megatron-hy {__version__}", "source": source, "checksum": "xxh3_128",
-            "files": {k: {"bytes": n, "xxh3_128": h} for k, (n, h) in sorted(files.items())}}
-    (root / MANIFEST).write_text(json.dumps(data, indent=2) + "\n")
-
-
-# --- reading ------------------------------------------------------------------------------------
-
-def find_iteration_dir(root: str | Path, iteration: int | None = None) -> Path:
-    root = Path(root)
-    if not root.is_dir():
-        raise Hy3Error(f"{root}: not a directory")
-    if (root / "metadata.json").exists() and (root / dcp.METADATA).exists():
-        return root  # an iteration directory itself
-    if iteration is None:
-        tracker = root / TRACKER
-        if not tracker.exists():
-            raise Hy3Error(f"{root}: no {TRACKER} and no iter_* directory given; not a Megatron torch_dist checkpoint")
-        text = tracker.read_text().strip()
-        if not text.isdigit():
-            raise Hy3Error(f"{tracker}: expected an iteration number, found {text[:40]!r}")
-        iteration = int(text)
-    it = root / iter_dir_name(iteration)
-    if not it.is_dir():
-        raise Hy3Error(f"{root}: no {iter_dir_name(iteration)} directory for iteration {iteration}")
-    meta = it / "metadata.json"
-    if not meta.exists():
-        raise Hy3Error(f"{it}: no metadata.json; not a dist_checkpointing directory")
-    try:
-        backend = json.loads(meta.read_text()).get("sharded_backend")
-    except json.JSONDecodeError:
-        raise Hy3Error(f"{meta}: not valid JSON") from None
-    if backend != "torch_dist":
-        raise Hy3Error(f"{it}: sharded backend is {backend!r}; only torch_dist checkpoints are supported")
-    return it
-
-
-# --- a live model through megatron-core's own checkpointing ----------------------------------------
-
-def save_with_megatron(model, out: str | Path, iteration: int = 1) -> Path:
-    """megatron-core's dist_checkpointing.save of a live model, laid out as ms-swift saves one.
-    Every rank calls it."""
-    import torch.distributed as dist
-    from megatron.core import dist_checkpointing
-    from megatron.core import parallel_state as ps
-
-    from ..megatron.weights import model_sharded_state_dict
-
-    it = Path(out) / iter_dir_name(iteration)
-    if dist.get_rank() == 0:
-        it.mkdir(parents=True, exist_ok=True)
-    dist.barrier()
-    args = Namespace(tensor_model_parallel_size=ps.get_tensor_model_parallel_world_size(),
-                     pipeline_model_parallel_size=ps.get_pipeline_model_parallel_world_size(),
-                     expert_model_parallel_size=ps.get_expert_model_parallel_world_size(),
-                     no_save_optim=True, no_save_rng=True, consumed_train_samples=0)
-    state = {"model": model_sharded_state_dict(model), "args": args, "checkpoint_version": 3.0, "iteration": iteration}
-    dist_checkpointing.save(state, str(it), content_metadata=CONTENT_METADATA)
-    dist.barrier()
-    if dist.get_rank() == 0:
-        (Path(out) / TRACKER).write_text(str(iteration))
-    return it
-
-
-# --- loading into a live model through megatron-core ---------------------------------------------
-
-def load_mcore_into_model(model, mcore_dir: str | Path, iteration: int | None = None) -> None:
-    """What ms-swift does for --mcore_model: dist_checkpointing.load into the model's sharded state dict."""
-    from megatron.core import dist_checkpointing
-
-    from ..megatron.weights import model_sharded_state_dict
-
-    it = find_iteration_dir(mcore_dir, iteration)
-    state = dist_checkpointing.load({"model": model_sharded_state_dict(model)}, str(it))
-    missing, unexpected = model.load_state_dict(state["model"], strict=False)
-    bad = [k for k in missing if not k.endswith("_extra_state")]
-    if bad:
-        raise Hy3Error(f"{it}: the checkpoint did not provide {bad[0]}")
+    write_iteration_files(it, args, iteration)

@@ -19,7 +19,9 @@ from ..safetensors_io import dtype_name
 from ..staging import StagedDir, copy_other_files, plan_id
 from ..transforms import from_mcore
 from . import dcp
-from .hf_to_mcore import CHUNK_BYTES, MANIFEST, file_xxh3, find_iteration_dir, write_manifest
+from .dcp import CHUNK_BYTES
+from .manifest import MANIFEST, file_xxh3, write_manifest
+from .torch_dist import find_iteration_dir
 
 
 class MCoreSource:

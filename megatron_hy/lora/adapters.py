@@ -106,7 +106,7 @@ class McoreAdapter(Adapter):
 
     def __init__(self, root: Path, cfg: Hy3Config, rslora: str = "auto", iteration: int | None = None):
         from ..convert.dcp import DcpReader
-        from ..convert.hf_to_mcore import find_iteration_dir
+        from ..convert.torch_dist import find_iteration_dir
 
         self.root, self.config, self.notes = root, cfg, []
         self._local = threading.local()

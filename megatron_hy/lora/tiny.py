@@ -70,7 +70,7 @@ def write_mcore_adapter(out: Path, cfg: Hy3Config, factors: dict, alpha: float, 
     import torch
 
     from ..convert import dcp
-    from ..convert.hf_to_mcore import CONTENT_METADATA, TRACKER, iter_dir_name
+    from ..convert.torch_dist import TRACKER, iter_dir_name, write_iteration_files
 
     out = Path(out)
     shutil.rmtree(out, ignore_errors=True)
@@ -95,10 +95,7 @@ def write_mcore_adapter(out: Path, cfg: Hy3Config, factors: dict, alpha: float, 
             "lora_dropout": 0.05, "target_modules": ["all-linear"], "tensor_model_parallel_size": saved_tp,
             "pipeline_model_parallel_size": 1, "expert_model_parallel_size": 1, "no_save_optim": True,
             "no_save_rng": True}
-    torch.save({"args": Namespace(**args), "checkpoint_version": 3.0, "iteration": 1,
-                "content_metadata": CONTENT_METADATA}, it / "common.pt")
-    (it / "metadata.json").write_text(json.dumps({"sharded_backend": "torch_dist", "sharded_backend_version": 1,
-                                                  "common_backend": "torch", "common_backend_version": 1}))
+    write_iteration_files(it, Namespace(**args), 1)
     (out / TRACKER).write_text("1")
     (out / "args.json").write_text(json.dumps(args, indent=2) + "\n")
     return out

@@ -101,7 +101,7 @@ def _rank_main(rank: int, world: int, job: ParityJob) -> dict:
     out: dict = {"rank": rank, "sources": []}
     for kind, path in job.sources:
         if kind == "mcore":
-            from ..convert.hf_to_mcore import load_mcore_into_model
+            from .weights import load_mcore_into_model
 
             load_mcore_into_model(model, path)
         elif kind == "hf+lora":  # (base HF dir, adapter dir): base weights plus the delta in Megatron layout

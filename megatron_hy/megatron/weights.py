@@ -10,6 +10,7 @@ reads straight out of them.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Iterator
 
 from ..config import Hy3Config
@@ -51,6 +52,20 @@ def local_region(st) -> tuple[tuple[int, ...], tuple]:
     pre = tuple(st.global_offset[:n])
     slices = tuple(slice(o, o + s) for o, s in zip(st.global_offset[n:], st.local_shape))
     return pre, slices
+
+
+def load_mcore_into_model(model, mcore_dir: str | Path, iteration: int | None = None) -> None:
+    """What ms-swift does for --mcore_model: dist_checkpointing.load into the model's sharded state dict."""
+    from megatron.core import dist_checkpointing
+
+    from ..convert.torch_dist import find_iteration_dir
+
+    it = find_iteration_dir(mcore_dir, iteration)
+    state = dist_checkpointing.load({"model": model_sharded_state_dict(model)}, str(it))
+    missing, unexpected = model.load_state_dict(state["model"], strict=False)
+    bad = [k for k in missing if not k.endswith("_extra_state")]
+    if bad:
+        raise Hy3Error(f"{it}: the checkpoint did not provide {bad[0]}")
 
 
 def load_into_model(model, cfg: Hy3Config, read: Callable[[str], "object"], padded_vocab: int | None = None) -> int:
