@@ -1,21 +1,25 @@
-"""An HF Hy3 checkpoint in either layout, read by logical (inner) tensor name.
+"""An HF Hy3 checkpoint in either layout: validated against its config.json, read by logical (inner) name.
 
-`HFCheckpoint.source(name)` says which bytes of which file hold a logical tensor, whether it is a
-tensor of its own (inner) or a slice of a fused expert tensor (outer); `read(name)` loads just
-those bytes. Nothing else is read.
+`HFCheckpoint(root)` reads the index and shard headers and refuses a checkpoint that does not match
+its config (the rules are the functions below, which `hy3 check` reports in full). Then
+`source(name)` says which bytes of which file hold a logical tensor, whether it is a tensor of its
+own (inner) or a slice of a fused expert tensor (outer); `read(name)` loads just those bytes.
+Nothing else is read.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
-from .check import compare_to_config, mixed_layout_message
 from .config import Hy3Config, load_config
 from .errors import Hy3Error
-from .mapping import Logical, detect_layout, logical_tensors
-from .safetensors_io import TensorInfo, open_checkpoint, read_bytes, torch_dtype
+from .mapping import Logical, detect_layout, expected_keys, logical_tensors
+from .safetensors_io import FLOAT_DTYPES, Checkpoint, TensorInfo, open_checkpoint, read_bytes, torch_dtype
 
 MAX_REPORTED = 5
+MAX_LISTED = 20
+CHUNK_BYTES = 64 * 1024 * 1024
 
 
 class HFCheckpoint:
@@ -73,3 +77,64 @@ class HFCheckpoint:
         skip = {"model.safetensors.index.json"}
         return sorted(p for p in self.root.iterdir()
                       if p.name not in skip and not p.name.endswith(".safetensors") and not p.name.startswith("."))
+
+
+# --- the rules a checkpoint must satisfy --------------------------------------------------------
+
+def compare_to_config(ck: Checkpoint, cfg: Hy3Config, layout: str) -> list[str]:
+    """Missing, unexpected and wrongly shaped keys, and inconsistent dtypes."""
+    problems: list[str] = []
+    expected = expected_keys(cfg, layout)
+    present = ck.tensors
+    missing = [k for k in expected if k not in present]
+    unexpected = sorted(k for k in present if k not in expected)
+    problems += _listed(missing, "missing tensor {} (expected by config.json)")
+    problems += _listed(unexpected, "unexpected tensor {} (config.json does not describe it)")
+    for key, shape in expected.items():
+        info = present.get(key)
+        if info is not None and tuple(info.shape) != tuple(shape):
+            problems.append(f"{info.file.name}: {key}: shape {list(info.shape)}, expected {list(shape)} from config.json")
+    main = Counter(t.dtype for k, t in present.items() if not _is_bias(k)).most_common(1)
+    main_dtype = main[0][0] if main else None
+    for key, info in present.items():
+        if info.dtype not in FLOAT_DTYPES:
+            problems.append(f"{info.file.name}: {key}: dtype {info.dtype}, expected a floating-point dtype")
+        elif not _is_bias(key) and info.dtype != main_dtype:
+            problems.append(f"{info.file.name}: {key}: dtype {info.dtype}, the checkpoint's other weights are {main_dtype}")
+    return problems
+
+
+def mixed_layout_message(keys) -> str:
+    inner = next(k for k in sorted(keys) if detect_layout([k]) == "inner")
+    outer = next(k for k in sorted(keys) if detect_layout([k]) == "outer")
+    return (f"mixes inner (per-expert) and outer (fused) expert keys, e.g. {inner} and {outer}; "
+            "expected one layout throughout")
+
+
+def _is_bias(key: str) -> bool:
+    return key.endswith("mlp.expert_bias") or key.endswith("mlp.e_score_correction_bias")
+
+
+def _listed(keys: list[str], fmt: str) -> list[str]:
+    out = [fmt.format(k) for k in keys[:MAX_LISTED]]
+    if len(keys) > MAX_LISTED:
+        out.append(f"... and {len(keys) - MAX_LISTED} more like that")
+    return out
+
+
+# (unsigned view, bits that are all set exactly in NaN/Inf). F8_E4M3 (fn) has no Inf; its NaN is S.1111.111.
+NONFINITE_BITS = {"F64": ("<u8", 0x7FF0000000000000), "F32": ("<u4", 0x7F800000), "F16": ("<u2", 0x7C00),
+                  "BF16": ("<u2", 0x7F80), "F8_E5M2": ("u1", 0x7C), "F8_E4M3": ("u1", 0x7F)}
+
+
+def count_nonfinite(info: TensorInfo) -> int:
+    """Count NaN/Inf by their bit patterns, reading the tensor in bounded chunks."""
+    import numpy as np
+
+    view, mask = NONFINITE_BITS[info.dtype]
+    per = max(CHUNK_BYTES // info.itemsize, 1) * info.itemsize
+    bad = 0
+    for off in range(info.start, info.end, per):
+        x = np.frombuffer(read_bytes(info.file, off, min(per, info.end - off)), dtype=view)
+        bad += int(np.count_nonzero((x & x.dtype.type(mask)) == mask))
+    return bad

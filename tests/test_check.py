@@ -164,7 +164,7 @@ def test_nan_inf_count_matches_torch_for_every_bit_pattern(dtype, tmp_path):
     import torch
     from safetensors.torch import save_file
 
-    from megatron_hy.check import _nonfinite
+    from megatron_hy.hf_checkpoint import count_nonfinite
     from megatron_hy.safetensors_io import ITEMSIZE, read_header, torch_dtype
 
     size = ITEMSIZE[dtype]
@@ -174,4 +174,4 @@ def test_nan_inf_count_matches_torch_for_every_bit_pattern(dtype, tmp_path):
     t = torch.from_numpy(raw.copy()).view(torch_dtype(dtype))
     save_file({"x": t}, tmp_path / "x.safetensors")
     (info,) = read_header(tmp_path / "x.safetensors")[0].values()
-    assert _nonfinite(info) == int((~torch.isfinite(t.to(torch.float64))).sum())
+    assert count_nonfinite(info) == int((~torch.isfinite(t.to(torch.float64))).sum())
