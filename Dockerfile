@@ -70,6 +70,8 @@ COPY pyproject.toml README.md /opt/megatron-hy/
 COPY megatron_hy /opt/megatron-hy/megatron_hy
 COPY recipes /opt/megatron-hy/recipes
 COPY launch /opt/megatron-hy/launch
+# converters/: the scripts a user runs without the CLI (python converters/hf_to_mcore.py --help)
+COPY converters /opt/megatron-hy/converters
 RUN pip install --no-deps /opt/megatron-hy
 
 WORKDIR /opt/megatron-hy

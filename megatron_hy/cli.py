@@ -37,9 +37,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def subcommand_parser(command: tuple[str, ...], prog: str) -> argparse.ArgumentParser:
+    """The parser of one subcommand (e.g. ("convert", "hf-to-mcore")), named `prog` in its usage and errors."""
+    parser = build_parser()
+    for name in command:
+        parser = next(a.choices[name] for a in parser._actions
+                      if isinstance(a, argparse._SubParsersAction) and name in a.choices)
+    parser.prog = prog
+    return parser
+
+
+def main(argv: list[str] | None = None, command: tuple[str, ...] = (), prog: str | None = None) -> int:
+    """`hy3 ARGV`; with `command`, that subcommand alone under the name `prog` (the scripts in converters/)."""
     quiet_libraries()
-    args = build_parser().parse_args(argv)
+    parser = subcommand_parser(command, prog) if command else build_parser()
+    args = parser.parse_args(argv)
     try:
         rc = args.func(args)
     except Hy3Error as e:

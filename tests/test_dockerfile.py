@@ -55,3 +55,8 @@ def test_gpu_stack_is_pinned():
 
 def test_the_package_itself_is_installed_without_pulling_other_versions():
     assert "pip install --no-deps /opt/megatron-hy" in DOCKERFILE
+
+
+def test_the_image_has_what_the_readme_runs():
+    for folder in ("megatron_hy", "recipes", "launch", "converters"):
+        assert f"COPY {folder} /opt/megatron-hy/{folder}" in DOCKERFILE, f"the image lacks {folder}/"

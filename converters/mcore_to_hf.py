@@ -1,0 +1,19 @@
+#!/usr/bin/env python3
+"""Megatron torch_dist checkpoint -> HF Hy3 safetensors, on CPU: `hy3 convert mcore-to-hf`.
+
+    python converters/mcore_to_hf.py /ckpt/run/v0-xxx /models/Hy3-sft --hf-config /models/Hy3 [--format outer]
+
+Reads ours or one megatron-core saved during training (any layout, optimizer state ignored); writes the
+inner (published) or outer layout. `--help` lists every flag.
+Run it with the Python that has megatron-hy installed (`make setup`: .venv/bin/python; the Docker image).
+"""
+
+import sys
+
+try:
+    from megatron_hy.scripts import hy3_command
+except ModuleNotFoundError:
+    sys.exit("mcore_to_hf.py: megatron-hy is not installed in this Python (run `make setup`, then .venv/bin/python)")
+
+if __name__ == "__main__":
+    sys.exit(hy3_command(("convert", "mcore-to-hf"), "mcore_to_hf.py"))

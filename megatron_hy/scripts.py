@@ -1,0 +1,55 @@
+"""The package side of `converters/`: each script there is a few lines over one function here.
+
+Tencent's two tools keep their own flags (`convert_ckpt_to_outer.py --input_dir ...`,
+`check_converted.py DIR`) and run `hy3 convert inner-to-outer` and `hy3 check`. The other scripts
+are one `hy3` subcommand each, under the script's name: `hf_to_mcore.py` is `hy3 convert hf-to-mcore`,
+`mcore_to_hf.py` is `hy3 convert mcore-to-hf`, `merge_lora.py` is `hy3 lora merge`.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from .cli import main as hy3
+from .commands.check import add_check_args
+
+
+def hy3_command(command: tuple[str, ...], prog: str, argv: list[str] | None = None) -> int:
+    """One `hy3` subcommand with its own flags, its usage and errors under the name `prog`."""
+    return hy3(argv, command=command, prog=prog)
+
+
+# --- Tencent's convert_ckpt_to_outer.py ----------------------------------------------------------
+
+def convert_ckpt_to_outer_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="convert_ckpt_to_outer.py",
+        description="Convert a Hy3 checkpoint from the published per-expert (inner) layout to fused 3D experts "
+                    "(outer). Same as `hy3 convert inner-to-outer IN OUT`.")
+    p.add_argument("--input_dir", required=True, help="original checkpoint directory (inner layout)")
+    p.add_argument("--output_dir", required=True, help="output directory (must not exist unless --overwrite)")
+    p.add_argument("--workers", type=int, default=8, help="shards written in parallel (default 8)")
+    p.add_argument("--max_shard_size", default="5GB", help="largest output shard, e.g. 5GB (default 5GB)")
+    p.add_argument("--overwrite", action="store_true", help="replace OUTPUT_DIR once the new one is complete")
+    return p
+
+
+def convert_ckpt_to_outer(argv: list[str] | None = None) -> int:
+    a = convert_ckpt_to_outer_parser().parse_args(argv)
+    args = ["convert", "inner-to-outer", a.input_dir, a.output_dir, "--workers", str(a.workers),
+            "--max-shard-size", a.max_shard_size]
+    return hy3(args + (["--overwrite"] if a.overwrite else []))
+
+
+# --- Tencent's check_converted.py ----------------------------------------------------------------
+
+def check_converted_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="check_converted.py",
+                                description="Validate a converted Hy3 checkpoint. Same as `hy3 check DIR`.")
+    add_check_args(p)
+    return p
+
+
+def check_converted(argv: list[str] | None = None) -> int:
+    a = check_converted_parser().parse_args(argv)
+    return hy3(["check", a.dir, "--spot-check", str(a.spot_check)] + (["--json"] if a.json else []))
