@@ -11,9 +11,10 @@ Run it with the Python that has megatron-hy installed (`make setup`: .venv/bin/p
 import sys
 
 try:
-    from megatron_hy.scripts import check_converted as main, check_converted_parser as build_parser
+    from megatron_hy.scripts import check_converted as main
+    from megatron_hy.scripts import check_converted_parser as build_parser  # noqa: F401 (importers use it)
 except ModuleNotFoundError:
-    sys.exit("check_converted.py: megatron-hy is not installed in this Python (run `make setup`, then .venv/bin/python)")
+    sys.exit("megatron-hy is not installed in this Python: run `make setup`, then use .venv/bin/python")
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -13,7 +13,7 @@ import sys
 try:
     from megatron_hy.scripts import hy3_command
 except ModuleNotFoundError:
-    sys.exit("merge_lora.py: megatron-hy is not installed in this Python (run `make setup`, then .venv/bin/python)")
+    sys.exit("megatron-hy is not installed in this Python: run `make setup`, then use .venv/bin/python")
 
 if __name__ == "__main__":
     sys.exit(hy3_command(("lora", "merge"), "merge_lora.py"))

@@ -303,10 +303,6 @@ def header_bytes(tensors: list[OutTensor], metadata: dict | None = None) -> byte
     return struct.pack("<Q", len(blob)) + blob
 
 
-def shard_size(tensors: list[OutTensor]) -> int:
-    return len(header_bytes(tensors)) + sum(t.nbytes for t in tensors)
-
-
 def write_shard(path: Path, tensors: list[OutTensor], on_bytes=None, digest=None) -> None:
     """Write a safetensors file under a temporary name, stream every source in, then rename.
 

@@ -13,7 +13,7 @@ import json
 import math
 import shutil
 import tempfile
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 from .config import Hy3Config
@@ -216,7 +216,3 @@ def _write_tokenizer(root: Path, cfg: Hy3Config) -> None:
     except ImportError:
         return
     write_standin_tokenizer(root, vocab_size=cfg.vocab_size)
-
-
-def tiny_config(**overrides) -> Hy3Config:
-    return replace(TinySpec(), **overrides).config("bf16")

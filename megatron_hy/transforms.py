@@ -8,7 +8,6 @@ reshapes, concatenation and zero padding, so round trips are byte-identical.
 from __future__ import annotations
 
 from .config import Hy3Config
-from .errors import Hy3Error
 
 
 def to_mcore(op: str, parts: list, cfg: Hy3Config, rows: int | None = None):
@@ -50,8 +49,3 @@ def from_mcore(op: str, t, shapes: list[tuple], cfg: Hy3Config) -> list:
         q, k, v = grouped.split([cfg.heads_per_group * d, d, d], 1)
         return [q.reshape(shapes[0]), k.reshape(shapes[1]), v.reshape(shapes[2])]
     raise ValueError(op)
-
-
-def check_shape(key: str, t, shape: tuple) -> None:
-    if tuple(t.shape) != tuple(shape):
-        raise Hy3Error(f"{key}: shape {list(t.shape)}, expected {list(shape)}")

@@ -101,6 +101,15 @@ def rewrite(root: Path, key: str, value=None) -> Path:
     return shard
 
 
+def tiny_config(**overrides):
+    """The Hy3Config of `hy3 make-tiny`'s model (bf16), with TinySpec fields overridden."""
+    from dataclasses import replace
+
+    from megatron_hy.tiny import TinySpec
+
+    return replace(TinySpec(), **overrides).config("bf16")
+
+
 # --- tiny checkpoints, built once per session by transformers' HYV3ForCausalLM -------------------
 
 @pytest.fixture(scope="session")

@@ -283,7 +283,7 @@ def test_benchmark_builder_writes_a_checkpoint_that_checks_and_converts(tmp_path
 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     from benchmarks._synthetic import write_synthetic
-    from megatron_hy.tiny import tiny_config
+    from conftest import tiny_config
 
     built = write_synthetic(tmp_path / "syn", tiny_config(), shards=5)
     assert built["shards"] == 5 and built["straddling_layers"]

@@ -7,13 +7,12 @@ import json
 import pytest
 import torch
 
-from conftest import assert_ok, assert_one_error, run_cli
+from conftest import assert_ok, assert_one_error, run_cli, tiny_config
+from megatron_helpers import config_from_transformer
 from megatron_hy.config import load_config
 from megatron_hy.errors import Hy3Error
 from megatron_hy.mapping import logical_tensors, mcore_tensors
-from megatron_hy.megatron.config import (config_from_transformer, megatron_lm_flags, padded_vocab_size,
-                                         transformer_config_kwargs)
-from megatron_hy.tiny import tiny_config
+from megatron_hy.megatron.config import megatron_lm_flags, padded_vocab_size, transformer_config_kwargs
 from megatron_hy.transforms import from_mcore, to_mcore
 
 HY3 = "megatron_hy/assets/hy3_config.json"

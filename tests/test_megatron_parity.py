@@ -12,10 +12,10 @@ import json
 import pytest
 
 from conftest import assert_one_error, run_cli, same_bits
+from megatron_helpers import assemble_hf
 from megatron_hy.hf_checkpoint import HFCheckpoint
 from megatron_hy.megatron.config import padded_vocab_size
 from megatron_hy.megatron.parity import TOLERANCE, make_layout, run_parity
-from megatron_hy.megatron.weights import assemble_hf
 from megatron_hy.safetensors_io import torch_dtype
 from megatron_hy.tiny import TinySpec, write_tiny
 

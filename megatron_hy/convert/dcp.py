@@ -59,7 +59,7 @@ class FileResult:
     name: str
     items: list = field(default_factory=list)  # (key, offsets, sizes, byte offset, length); objects: None offsets
     nbytes: int = 0
-    sha256: str = ""  # xxh3-128 of the file, hex (name kept for the manifest writer)
+    xxh3: str = ""  # xxh3-128 of the file, hex
 
 
 class _HashingWriter:
@@ -117,9 +117,9 @@ def write_file(path: Path, chunks: list[Chunk], objects: list[ObjectItem], on_by
         os.fdatasync(f.fileno())  # on disk before the final name appears; then out of the page cache
         if hasattr(os, "posix_fadvise"):
             os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
-    res.sha256 = digest.hexdigest()
+    res.xxh3 = digest.hexdigest()
     sidecar = path.with_name(path.name + ".items.json")
-    sidecar.write_text(json.dumps({"nbytes": res.nbytes, "xxh3_128": res.sha256, "items": res.items}))
+    sidecar.write_text(json.dumps({"nbytes": res.nbytes, "xxh3_128": res.xxh3, "items": res.items}))
     os.replace(tmp, path)
     return res
 

@@ -208,7 +208,7 @@ def hf_to_mcore(hf_dir: str | Path, out: str | Path, workers: int = 4, dtype: st
     for n in names:
         (it / (n + ".items.json")).unlink(missing_ok=True)
     write_manifest(stage.partial, "torch_dist", {"hf_dir": str(Path(hf_dir).resolve()), "layout": hf.layout},
-                   {f"{iter_dir_name(iteration)}/{n}": (done[n].nbytes, done[n].sha256) for n in names})
+                   {f"{iter_dir_name(iteration)}/{n}": (done[n].nbytes, done[n].xxh3) for n in names})
     stage.finish()
     total = sum(d.nbytes for d in done.values())
     log(f"wrote {out}: {len(tensors)} Megatron tensors in {len(chunks)} chunks, {len(names)} files, "

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 
-from ..config import Hy3Config, config_from_dict
+from ..config import Hy3Config
 from ..errors import Hy3Error
 
 
@@ -79,33 +79,6 @@ def padded_vocab_size(vocab: int, tp: int = 1, divisible_by: int = 1) -> int:
     """Smallest multiple of divisible_by * tp that holds the vocabulary (Megatron pads the embedding)."""
     step = max(1, divisible_by) * max(1, tp)
     return int(math.ceil(vocab / step) * step)
-
-
-def config_from_transformer(kw: dict, vocab_size: int, **extra) -> Hy3Config:
-    """The inverse of transformer_config_kwargs (+ the GPTModel vocab): a Hy3Config."""
-    freq = kw["moe_layer_freq"]
-    if isinstance(freq, int):
-        freq = [1 if i % freq == 0 else 0 for i in range(kw["num_layers"])]
-    d = {
-        "model_type": "hy_v3",
-        "vocab_size": vocab_size,
-        "hidden_size": kw["hidden_size"],
-        "intermediate_size": kw["ffn_hidden_size"],
-        "num_hidden_layers": kw["num_layers"],
-        "num_attention_heads": kw["num_attention_heads"],
-        "num_key_value_heads": kw.get("num_query_groups") or kw["num_attention_heads"],
-        "head_dim": kw.get("kv_channels") or kw["hidden_size"] // kw["num_attention_heads"],
-        "num_experts": kw["num_moe_experts"],
-        "num_experts_per_tok": kw["moe_router_topk"],
-        "moe_intermediate_size": kw["moe_ffn_hidden_size"],
-        "num_shared_experts": kw["moe_shared_expert_intermediate_size"] // kw["moe_ffn_hidden_size"],
-        "router_scaling_factor": kw["moe_router_topk_scaling_factor"],
-        "mlp_layer_types": ["sparse" if f else "dense" for f in freq],
-        "rms_norm_eps": kw["layernorm_epsilon"],
-        "num_nextn_predict_layers": kw.get("mtp_num_layers") or 0,
-    }
-    d.update(extra)
-    return config_from_dict(d, "megatron config")
 
 
 def megatron_lm_flags(cfg: Hy3Config) -> list[str]:

@@ -16,7 +16,7 @@ from typing import Callable, Iterator
 from ..config import Hy3Config
 from ..errors import Hy3Error
 from ..mapping import mcore_tensors
-from ..transforms import from_mcore, to_mcore
+from ..transforms import to_mcore
 
 
 def sharded_tensors(sharded_state_dict) -> Iterator:
@@ -153,40 +153,6 @@ def export_pieces(model, owner_only: bool = True) -> list[Piece]:
         pre, slices = local_region(st)
         out.append(Piece(st.key, tuple(st.global_shape), pre,
                          tuple((s.start, s.stop) for s in slices), st.data.detach().clone().cpu()))
-    return out
-
-
-def assemble_hf(pieces: list[Piece], cfg: Hy3Config, padded_vocab: int | None, dtypes: dict[str, "object"]) -> dict:
-    """Global tensors from all ranks' pieces, split back into logical HF tensors (in their dtypes)."""
-    import torch
-
-    from ..mapping import logical_tensors
-
-    shapes = {t.name: t.shape for t in logical_tensors(cfg)}
-    table = {t.key: t for t in mcore_tensors(cfg, padded_vocab)}
-    globals_: dict[str, torch.Tensor] = {}
-    covered: dict[str, torch.Tensor] = {}
-    for p in pieces:
-        if p.key not in table:
-            raise Hy3Error(f"Megatron tensor {p.key} is not covered by the Hy3 mapping table")
-        if p.key not in globals_:
-            globals_[p.key] = torch.zeros(p.global_shape, dtype=p.data.dtype)
-            covered[p.key] = torch.zeros(p.global_shape, dtype=torch.bool)
-        region = tuple(p.prepend) + tuple(slice(a, b) for a, b in p.slices)
-        globals_[p.key][region] = p.data
-        covered[p.key][region] = True
-    out = {}
-    for key, t in table.items():
-        g = globals_.get(key)
-        if g is None:
-            raise Hy3Error(f"no rank exported {key}")
-        if not bool(covered[key].all()):
-            raise Hy3Error(f"{key}: parts of the global tensor were not exported by any rank")
-        units = [(e, g[e]) for e in range(t.experts)] if t.experts is not None else [(None, g)]
-        for e, tensor in units:
-            names = t.sources(e)
-            for name, part in zip(names, from_mcore(t.row.op, tensor, [shapes[n] for n in names], cfg)):
-                out[name] = part.to(dtypes[name]).contiguous()
     return out
 
 
