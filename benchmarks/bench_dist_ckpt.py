@@ -2,8 +2,8 @@
 
     .venv/bin/python benchmarks/bench_dist_ckpt.py      # what docs/benchmarks.md records
 
-Builds the synthetic Hy3 at real widths that bench_layout.py uses (about 10.3 GB: 64 experts, 3 layers +
-MTP), then per repeat times, each as a child process followed by `sync` with the page cache dropped before
+Builds the synthetic Hy3 at real widths that bench_layout.py uses (_synthetic.py; about 10.3 GB: 64 experts,
+3 layers + MTP), then per repeat times, each as a child process followed by `sync` with the page cache dropped before
 it when permitted: `cp -r` of the HF checkpoint, `hy3 convert hf-to-mcore` of it, `cp -r` of the
 torch_dist checkpoint it wrote, and `hy3 convert mcore-to-hf` of that. Each direction is compared with the
 `cp -r` of its own input. Peak RSS is the child's VmHWM. Writes docs/benchmarks.md (section
@@ -15,20 +15,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
-import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-from benchmarks._synthetic import add_synthetic_args, synthetic_config, write_synthetic  # noqa: E402
-from benchmarks.bench_layout import hy3, remove, timed, write_doc  # noqa: E402
+from _common import DOC, GB, against, hy3, log_run, machine, method, publish, remove, timed
+from _synthetic import add_synthetic_args, synthetic_config, write_synthetic
 
-GB = 1e9
 START, END = "<!-- bench_dist_ckpt: start -->", "<!-- bench_dist_ckpt: end -->"
 
 
@@ -57,8 +52,7 @@ def run(args) -> dict:
             for name, cmd, out in steps:
                 res = timed(cmd, cold=not args.warm)
                 runs[name].append(res)
-                print(f"  run {r + 1} {name}: {res['seconds']:.1f}s, peak RSS {res['peak_rss_bytes'] / 2**20:.0f} MiB",
-                      file=sys.stderr)
+                log_run(r, name, res)
                 if name == "hf_to_mcore":
                     sizes["mcore"] = du(mc)
                 if name == "mcore_to_hf":
@@ -74,22 +68,14 @@ def run(args) -> dict:
 
 
 def summarize(args, cfg, built, runs, sizes) -> dict:
-    def med(name):
-        return statistics.median(r["seconds"] for r in runs[name])
-
     res = {"checkpoint": {"hf_bytes": sizes["hf"], "torch_dist_bytes": sizes["mcore"], "tensors": built["tensors"],
                           "experts": cfg.num_experts, "layers": cfg.num_layers, "mtp_layers": cfg.num_mtp_layers,
                           "hidden": cfg.hidden_size, "expert_ffn": cfg.moe_ffn, "vocab": cfg.vocab_size},
-           "machine": {"cpus": os.cpu_count(), "kernel": platform.release(), "python": platform.python_version()},
-           "method": {"repeats": args.repeats, "workers": args.workers, "timed": "child process + sync",
-                      "page_cache": "dropped before each run" if all(r["cache_dropped"] for v in runs.values() for r in v)
-                      else "not dropped (warm or not permitted)", "statistic": "median",
-                      "command": " ".join(["benchmarks/bench_dist_ckpt.py"] + sys.argv[1:])},
+           "machine": machine(),
+           "method": method(args, runs, "bench_dist_ckpt.py", "not dropped (warm or not permitted)"),
            "runs": runs}
     for name, base in (("hf_to_mcore", "cp_hf"), ("mcore_to_hf", "cp_mcore")):
-        res[name] = {"seconds": med(name), "cp_seconds": med(base), "ratio_to_cp": med(name) / med(base),
-                     "ratio_to_cp_same_repeat": [round(a["seconds"] / b["seconds"], 3) for a, b in zip(runs[name], runs[base])],
-                     "peak_rss_bytes": max(r["peak_rss_bytes"] for r in runs[name])}
+        res[name] = against(runs, name, base)
     return res
 
 
@@ -119,13 +105,10 @@ def markdown(res: dict) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_synthetic_args(p, repeats=3, workers=4, doc=str(REPO / "docs" / "benchmarks.md"))
+    add_synthetic_args(p, repeats=3, workers=4, doc=str(DOC))
     args = p.parse_args()
     res = run(args)
-    print(json.dumps({k: v for k, v in res.items() if k != "runs"}, indent=1))
-    if args.doc:
-        write_doc(Path(args.doc), markdown(res), START, END)
-        print(f"updated {args.doc}", file=sys.stderr)
+    publish(res, {k: v for k, v in res.items() if k != "runs"}, args.doc, markdown(res), START, END)
 
 
 if __name__ == "__main__":

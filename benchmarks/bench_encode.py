@@ -32,15 +32,14 @@ import json  # noqa: E402
 import logging  # noqa: E402
 import platform  # noqa: E402
 import random  # noqa: E402
+import shutil  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-from benchmarks.bench_layout import write_doc  # noqa: E402
+from _common import DOC, REPO, publish  # noqa: E402
 
 START, END = "<!-- bench_encode: start -->", "<!-- bench_encode: end -->"
 TOOL = {"type": "function", "function": {"name": "get_weather", "description": "Current weather for a city",
@@ -95,11 +94,22 @@ def make_rows(n: int, seed: int = 0) -> list[dict]:
     return rows
 
 
-def run(args) -> dict:
+def templates(model: Path):
+    """ms-swift's processor for the stand-in model, its `hy_v3` template and our `hy3` plugin template."""
     from swift.model import get_processor
     from swift.template import get_template
     from swift.utils import import_external_file
 
+    proc = get_processor(str(model), model_type="hy_v3", download_model=False)
+    import_external_file(str(REPO / "megatron_hy" / "data" / "swift_plugin.py"))
+    swift = get_template(proc, template_type="hy_v3")
+    plugin = get_template(proc, template_type="hy3")
+    for t in (swift, plugin):
+        t.set_mode("train")
+    return proc, swift, plugin
+
+
+def run(args) -> dict:
     from megatron_hy.data.encode import Encoder
     from megatron_hy.data.output import encode_file
     from megatron_hy.data.rows import parse_row
@@ -107,14 +117,7 @@ def run(args) -> dict:
 
     logging.getLogger("swift").setLevel(logging.ERROR)
     work = Path(tempfile.mkdtemp(prefix="hy3-bench-encode-"))
-    model = write_standin_model_dir(work / "model")
-    proc = get_processor(str(model), model_type="hy_v3", download_model=False)
-    import_external_file(str(REPO / "megatron_hy" / "data" / "swift_plugin.py"))
-    swift = get_template(proc, template_type="hy_v3")
-    plugin = get_template(proc, template_type="hy3")
-    for t in (swift, plugin):
-        t.set_mode("train")
-    enc = Encoder(proc)
+    proc, swift, plugin = templates(write_standin_model_dir(work / "model"))
     rows = make_rows(args.rows, args.seed)
     # the steady state of a long run: words seen before are cached, but not these rows' own words
     warm = Encoder(proc)
@@ -149,43 +152,56 @@ def run(args) -> dict:
         "hy3 data encode (validate + encode + write)": lambda: encode_file(src, work / "out.jsonl", warmed(),
                                                                            quiet=True),
     }
-    theirs, mine, via_plugin = cases["ms-swift hy_v3 encode"](), ours(enc), cases["ours through ms-swift (hy3 plugin)"]()
-    identical = all(a["input_ids"] == b.input_ids and a["labels"] == b.labels for a, b in zip(theirs, mine)) \
-        and len(theirs) == len(mine) == len(rows)
-    identical_plugin = all(a["input_ids"] == b.input_ids and a["labels"] == b.labels for a, b in zip(via_plugin, mine))
+    theirs, mine, via_plugin = cases["ms-swift hy_v3 encode"](), ours(Encoder(proc)), through_plugin()
+    cpu, wall = time_cases(cases, args.repeats)
+    shutil.rmtree(work, ignore_errors=True)
+    tokens = sum(len(e.input_ids) for e in mine)
+    return {"rows": len(rows), "tokens": tokens, "tool_rows": sum("tools" in r for r in rows),
+            "identical_ids_and_labels": same_output(theirs, mine) and len(theirs) == len(mine) == len(rows),
+            "plugin_identical": same_output(via_plugin, mine), "results": rates(cpu, wall, len(rows), tokens),
+            "machine": versions(), "method": {"repeats": args.repeats, "statistic": "median", "seed": args.seed}}
+
+
+def same_output(swift_rows: list[dict], ours: list) -> bool:
+    return all(a["input_ids"] == b.input_ids and a["labels"] == b.labels for a, b in zip(swift_rows, ours))
+
+
+def time_cases(cases: dict, repeats: int) -> tuple[dict, dict]:
+    """CPU and wall seconds of each case, per repeat, in alternating order."""
     cpu = {name: [] for name in cases}
     wall = {name: [] for name in cases}
-    for rep in range(args.repeats):
+    for rep in range(repeats):
         for name in (list(cases) if rep % 2 == 0 else list(reversed(cases))):
             t0, c0 = time.perf_counter(), time.process_time()
             cases[name]()
             cpu[name].append(time.process_time() - c0)
             wall[name].append(time.perf_counter() - t0)
-    tokens = sum(len(e.input_ids) for e in mine)
+    return cpu, wall
+
+
+def rates(cpu: dict, wall: dict, rows: int, tokens: int) -> dict:
     base = statistics.median(cpu["ms-swift hy_v3 encode"])
+    base_wall = statistics.median(wall["ms-swift hy_v3 encode"])
     results = {}
     for name, ts in cpu.items():
         med = statistics.median(ts)
-        results[name] = {"cpu_seconds": round(med, 3), "rows_per_s": round(len(rows) / med),
+        results[name] = {"cpu_seconds": round(med, 3), "rows_per_s": round(rows / med),
                          "tokens_per_s": round(tokens / med), "speedup_vs_ms_swift": round(base / med, 2),
                          "wall_seconds": round(statistics.median(wall[name]), 3),
-                         "wall_speedup_vs_ms_swift": round(statistics.median(wall["ms-swift hy_v3 encode"])
-                                                           / statistics.median(wall[name]), 2),
+                         "wall_speedup_vs_ms_swift": round(base_wall / statistics.median(wall[name]), 2),
                          "cpu_runs": [round(t, 3) for t in ts], "wall_runs": [round(t, 3) for t in wall[name]]}
-    import shutil
+    return results
 
-    shutil.rmtree(work, ignore_errors=True)
-    import swift as swift_pkg
+
+def versions() -> dict:
+    import swift
     import tokenizers
     import transformers
 
-    return {"rows": len(rows), "tokens": tokens, "tool_rows": sum("tools" in r for r in rows),
-            "identical_ids_and_labels": identical, "plugin_identical": identical_plugin, "results": results,
-            "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "ms_swift": swift_pkg.__version__,
-                        "transformers": transformers.__version__, "tokenizers": tokenizers.__version__,
-                        "tokenizers_parallelism": os.environ.get("TOKENIZERS_PARALLELISM"),
-                        "load_average": round(os.getloadavg()[0], 2)},
-            "method": {"repeats": args.repeats, "statistic": "median", "seed": args.seed}}
+    return {"cpus": os.cpu_count(), "python": platform.python_version(), "ms_swift": swift.__version__,
+            "transformers": transformers.__version__, "tokenizers": tokenizers.__version__,
+            "tokenizers_parallelism": os.environ.get("TOKENIZERS_PARALLELISM"),
+            "load_average": round(os.getloadavg()[0], 2)}
 
 
 def markdown(res: dict) -> str:
@@ -216,13 +232,10 @@ def main() -> None:
     p.add_argument("--rows", type=int, default=2000, help="synthetic rows (default 2000)")
     p.add_argument("--repeats", type=int, default=3, help="timed runs of each encoder (default 3)")
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic rows (default 0)")
-    p.add_argument("--doc", default=str(REPO / "docs" / "benchmarks.md"), help="markdown file to update ('' = none)")
+    p.add_argument("--doc", default=str(DOC), help="markdown file to update ('' = none)")
     args = p.parse_args()
     res = run(args)
-    print(json.dumps(res, indent=1))
-    if args.doc:
-        write_doc(Path(args.doc), markdown(res), START, END)
-        print(f"updated {args.doc}", file=sys.stderr)
+    publish(res, res, args.doc, markdown(res), START, END)
     if not res["identical_ids_and_labels"]:
         sys.exit("output differs from ms-swift's")
 

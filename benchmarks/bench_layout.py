@@ -15,76 +15,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-from benchmarks._synthetic import add_synthetic_args, synthetic_config, write_synthetic  # noqa: E402
+from _common import DOC, GB, against, hy3, log_run, machine, median_seconds, method, publish, remove, timed
+from _synthetic import add_synthetic_args, synthetic_config, write_synthetic
 
-GB = 1e9
 START, END = "<!-- bench_layout: start -->", "<!-- bench_layout: end -->"
-
-
-def drop_caches() -> bool:
-    os.sync()
-    try:
-        Path("/proc/sys/vm/drop_caches").write_text("3\n")
-        return True
-    except OSError:
-        return False
-
-
-def timed(cmd: list[str], cold: bool) -> dict:
-    """Wall time of cmd + sync, the command's own time, and its peak RSS (VmHWM, polled every 20 ms).
-
-    VmHWM is read from /proc rather than taken from wait4's ru_maxrss: a forked child starts with a
-    copy of this process's page tables, so ru_maxrss would report at least this process's size."""
-    dropped = drop_caches() if cold else False
-    with tempfile.TemporaryFile() as err:
-        t0 = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err)
-        peak = 0
-        while True:
-            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-            if pid:
-                break
-            peak = max(peak, vm_hwm(proc.pid))
-            time.sleep(0.02)
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        t1 = time.perf_counter()
-        os.sync()
-        t2 = time.perf_counter()
-        if proc.returncode:
-            err.seek(0)
-            raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}): {err.read().decode()[-2000:]}")
-    return {"seconds": t2 - t0, "command_seconds": t1 - t0, "cpu_seconds": usage.ru_utime + usage.ru_stime,
-            "peak_rss_bytes": peak, "cache_dropped": dropped, "load_average": os.getloadavg()[0]}
-
-
-def vm_hwm(pid: int) -> int:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0  # exited between wait4 and the read
-
-
-def remove(path: Path) -> None:
-    shutil.rmtree(path, ignore_errors=True)
-    os.sync()
-
-
-def hy3(*args) -> list[str]:
-    return [sys.executable, "-m", "megatron_hy.cli", *map(str, args)]
 
 
 def run(args) -> dict:
@@ -112,8 +53,7 @@ def run(args) -> dict:
                 runs[name].append(res)
                 if r == 0 and name != "cp":  # untimed: the output is a clean checkpoint
                     checks[name] = subprocess.run(hy3("check", out, "--spot-check", "1"), capture_output=True).returncode == 0
-                print(f"  run {r + 1} {name}: {res['seconds']:.1f}s, peak RSS {res['peak_rss_bytes'] / 2**20:.0f} MiB",
-                      file=sys.stderr)
+                log_run(r, name, res)
                 if not (name == "inner_to_outer" and args.reverse):  # outer-to-inner reads it next
                     remove(out)
             remove(outer)
@@ -125,31 +65,20 @@ def run(args) -> dict:
 
 
 def summarize(args, cfg, built: dict, runs: dict, checks: dict) -> dict:
-    def med(name):
-        return statistics.median(r["seconds"] for r in runs[name])
-
-    cp = med("cp")
     result = {
         "checkpoint": {"bytes": built["bytes"], "tensors": built["tensors"], "shards": built["shards"],
                        "experts": cfg.num_experts, "layers": cfg.num_layers, "mtp_layers": cfg.num_mtp_layers,
                        "hidden": cfg.hidden_size, "expert_ffn": cfg.moe_ffn, "vocab": cfg.vocab_size,
                        "straddling_layers": built["straddling_layers"]},
         "passes_hy3_check": checks,
-        "machine": {"cpus": os.cpu_count(), "kernel": platform.release(), "python": platform.python_version()},
-        "method": {"repeats": args.repeats, "workers": args.workers, "timed": "child process + sync",
-                   "page_cache": "dropped before each run" if all(r["cache_dropped"] for v in runs.values() for r in v)
-                   else "not dropped (warm or not permitted); order alternated",
-                   "statistic": "median", "command": " ".join(["benchmarks/bench_layout.py"] + sys.argv[1:])},
-        "cp_seconds": cp,
+        "machine": machine(),
+        "method": method(args, runs, "bench_layout.py", "not dropped (warm or not permitted); order alternated"),
+        "cp_seconds": median_seconds(runs["cp"]),
         "runs": runs,
     }
     for name in ("inner_to_outer", "outer_to_inner"):
         if runs[name]:
-            paired = [r["seconds"] / c["seconds"] for r, c in zip(runs[name], runs["cp"])]
-            result[name] = {"seconds": med(name), "ratio_to_cp": med(name) / cp,
-                            "ratio_to_cp_same_repeat": [round(x, 3) for x in paired],
-                            "gb_per_s": built["bytes"] / GB / med(name),
-                            "peak_rss_bytes": max(r["peak_rss_bytes"] for r in runs[name])}
+            result[name] = {**against(runs, name, "cp"), "gb_per_s": built["bytes"] / GB / median_seconds(runs[name])}
     return result
 
 
@@ -197,26 +126,13 @@ def compact_json(res: dict) -> str:
                                 for k, v in res.items()) + "\n}"
 
 
-def write_doc(path: Path, section: str, start: str = START, end: str = END) -> None:
-    text = path.read_text() if path.exists() else "# Benchmarks\n\nNumbers measured by the scripts in `benchmarks/`.\n"
-    block = f"{start}\n{section}\n{end}"
-    if start in text and end in text:
-        text = text[:text.index(start)] + block + text[text.index(end) + len(end):]
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    path.write_text(text)
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_synthetic_args(p, repeats=5, workers=8, doc=str(REPO / "docs" / "benchmarks.md"))
+    add_synthetic_args(p, repeats=5, workers=8, doc=str(DOC))
     p.add_argument("--reverse", action="store_true", help="also time outer-to-inner")
     args = p.parse_args()
     res = run(args)
-    print(json.dumps({k: v for k, v in res.items() if k != "runs"}, indent=1))
-    if args.doc:
-        write_doc(Path(args.doc), markdown(res))
-        print(f"updated {args.doc}", file=sys.stderr)
+    publish(res, {k: v for k, v in res.items() if k != "runs"}, args.doc, markdown(res), START, END)
 
 
 if __name__ == "__main__":
