@@ -169,17 +169,7 @@ def is_hy3(d: dict) -> bool:
 
 
 def config_from_dict(d: dict, where: str = "config") -> Hy3Config:
-    if not isinstance(d, dict):
-        raise Hy3Error(f"{where}: expected a JSON object")
-    if not is_hy3(d):
-        raise Hy3Error(
-            f"{where}: not a Hy3 config (model_type {d.get('model_type')!r}, architectures {d.get('architectures')!r}); "
-            f"expected model_type 'hy_v3' or architectures {list(HY3_ARCHITECTURES[:1])}")
-    for flag, meaning in (("moe_router_use_sigmoid", "a sigmoid router"), ("route_norm", "normalized top-k weights"),
-                          ("moe_router_enable_expert_bias", "an expert-bias router"), ("qk_norm", "q/k RMSNorm")):
-        if d.get(flag) is False:
-            raise Hy3Error(f"{where}: {flag} is false, but Hy3 uses {meaning}; this config is not supported")
-
+    _check_hy3(d, where)
     num_layers = int(_need(d, where, "num_hidden_layers", "num_layers"))
     hidden = int(_need(d, where, "hidden_size"))
     heads = int(_need(d, where, "num_attention_heads"))
@@ -192,28 +182,8 @@ def config_from_dict(d: dict, where: str = "config") -> Hy3Config:
     if isinstance(num_shared, list):
         num_shared = num_shared[0]
 
-    types = d.get("mlp_layer_types")
-    k_dense = d.get("first_k_dense_replace")
-    if types is None:
-        k = 1 if k_dense is None else int(k_dense)
-        types = ["dense"] * min(k, num_layers) + ["sparse"] * max(num_layers - k, 0)
-    else:
-        types = list(types)
-        bad = [t for t in types if t not in ("dense", "sparse")]
-        if bad:
-            raise Hy3Error(f"{where}: mlp_layer_types has {bad[0]!r}; expected 'dense' or 'sparse'")
-        if len(types) != num_layers:
-            raise Hy3Error(f"{where}: mlp_layer_types has {len(types)} entries, num_hidden_layers is {num_layers}")
-        if k_dense is not None:
-            expect = ["dense"] * int(k_dense) + ["sparse"] * (num_layers - int(k_dense))
-            if types != expect:
-                raise Hy3Error(f"{where}: first_k_dense_replace={k_dense} disagrees with mlp_layer_types {types}")
-
-    rope = d.get("rope_parameters") or d.get("rope_scaling") or {}
-    if rope.get("rope_type", rope.get("type", "default")) not in ("default", None):
-        raise Hy3Error(f"{where}: rope type {rope.get('rope_type', rope.get('type'))!r} is not supported (Hy3 uses default RoPE)")
-    theta = float(_first(rope, "rope_theta", default=_first(d, "rope_theta", default=DEFAULT_ROPE_THETA)))
-
+    types = _layer_types(d, where, num_layers)
+    theta = _rope_theta(d, where)
     cfg = Hy3Config(
         vocab_size=int(_need(d, where, "vocab_size")),
         hidden_size=hidden,
@@ -239,6 +209,47 @@ def config_from_dict(d: dict, where: str = "config") -> Hy3Config:
     )
     _validate(cfg, where)
     return cfg
+
+
+def _check_hy3(d: dict, where: str) -> None:
+    """A Hy3 config, and none of the switches that would make it a model Hy3's mapping does not describe."""
+    if not isinstance(d, dict):
+        raise Hy3Error(f"{where}: expected a JSON object")
+    if not is_hy3(d):
+        raise Hy3Error(
+            f"{where}: not a Hy3 config (model_type {d.get('model_type')!r}, architectures {d.get('architectures')!r}); "
+            f"expected model_type 'hy_v3' or architectures {list(HY3_ARCHITECTURES[:1])}")
+    for flag, meaning in (("moe_router_use_sigmoid", "a sigmoid router"), ("route_norm", "normalized top-k weights"),
+                          ("moe_router_enable_expert_bias", "an expert-bias router"), ("qk_norm", "q/k RMSNorm")):
+        if d.get(flag) is False:
+            raise Hy3Error(f"{where}: {flag} is false, but Hy3 uses {meaning}; this config is not supported")
+
+
+def _layer_types(d: dict, where: str, num_layers: int) -> list[str]:
+    """Per decoder layer, "dense" or "sparse": mlp_layer_types (transformers) or first_k_dense_replace (Tencent)."""
+    types = d.get("mlp_layer_types")
+    k_dense = d.get("first_k_dense_replace")
+    if types is None:
+        k = 1 if k_dense is None else int(k_dense)
+        return ["dense"] * min(k, num_layers) + ["sparse"] * max(num_layers - k, 0)
+    types = list(types)
+    bad = [t for t in types if t not in ("dense", "sparse")]
+    if bad:
+        raise Hy3Error(f"{where}: mlp_layer_types has {bad[0]!r}; expected 'dense' or 'sparse'")
+    if len(types) != num_layers:
+        raise Hy3Error(f"{where}: mlp_layer_types has {len(types)} entries, num_hidden_layers is {num_layers}")
+    if k_dense is not None:
+        expect = ["dense"] * int(k_dense) + ["sparse"] * (num_layers - int(k_dense))
+        if types != expect:
+            raise Hy3Error(f"{where}: first_k_dense_replace={k_dense} disagrees with mlp_layer_types {types}")
+    return types
+
+
+def _rope_theta(d: dict, where: str) -> float:
+    rope = d.get("rope_parameters") or d.get("rope_scaling") or {}
+    if rope.get("rope_type", rope.get("type", "default")) not in ("default", None):
+        raise Hy3Error(f"{where}: rope type {rope.get('rope_type', rope.get('type'))!r} is not supported (Hy3 uses default RoPE)")
+    return float(_first(rope, "rope_theta", default=_first(d, "rope_theta", default=DEFAULT_ROPE_THETA)))
 
 
 def _validate(c: Hy3Config, where: str) -> None:

@@ -125,8 +125,26 @@ def open_checkpoint(root: str | Path, strict: bool = True) -> Checkpoint:
 
     if not root.is_dir():
         raise Hy3Error(f"{root}: not a directory")
-    index = root / INDEX_NAME
     on_disk = sorted(p.name for p in root.glob("*.safetensors"))
+    _read_index(ck)
+    files = sorted(set(ck.weight_map.values())) if ck.weight_map is not None else [SINGLE_NAME]
+    ck.shard_files = files
+    for name in sorted(set(on_disk) - set(files)):
+        problem(f"{root / name}: orphan shard file, not referenced by {INDEX_NAME}")
+    for name in files:
+        _read_shard(ck, name, problem, strict)
+    if ck.weight_map is None:
+        ck.weight_map = {k: SINGLE_NAME for k in ck.tensors}
+    else:
+        for key, name in ck.weight_map.items():
+            if key not in ck.tensors and (root / name).exists():
+                problem(f"{root / name}: index lists {key} in this file, but the file does not contain it")
+    return ck
+
+
+def _read_index(ck: Checkpoint) -> None:
+    """The index's weight map and metadata; weight_map None for a single model.safetensors."""
+    index = ck.root / INDEX_NAME
     if index.exists():
         try:
             idx = json.loads(index.read_text())
@@ -141,48 +159,39 @@ def open_checkpoint(root: str | Path, strict: bool = True) -> Checkpoint:
                            "mapping tensor names to shard file names)") from None
         ck.index_metadata = metadata
         ck.weight_map = dict(weight_map)
-    elif (root / SINGLE_NAME).exists():
-        ck.weight_map = None  # filled from the single file below
+    elif (ck.root / SINGLE_NAME).exists():
+        ck.weight_map = None  # filled from the single file
     else:
-        raise Hy3Error(f"{root}: no {INDEX_NAME} (and no single {SINGLE_NAME}); is this a safetensors checkpoint?")
+        raise Hy3Error(f"{ck.root}: no {INDEX_NAME} (and no single {SINGLE_NAME}); is this a safetensors checkpoint?")
 
-    files = sorted(set(ck.weight_map.values())) if ck.weight_map is not None else [SINGLE_NAME]
-    ck.shard_files = files
-    for name in sorted(set(on_disk) - set(files)):
-        problem(f"{root / name}: orphan shard file, not referenced by {INDEX_NAME}")
-    for name in files:
-        path = root / name
-        if not path.exists():
-            keys = [k for k, v in (ck.weight_map or {}).items() if v == name]
-            problem(f"{path}: missing shard file (index lists {len(keys)} tensors in it, e.g. {keys[0] if keys else '?'})")
-            continue
-        try:
-            infos, _ = read_header(path)
-        except Hy3Error as e:
-            if strict:
-                raise
-            ck.problems.append(str(e))
-            continue
-        if not infos:
-            problem(f"{path}: shard holds no tensors")
-        for key, info in infos.items():
-            if ck.weight_map is not None and ck.weight_map.get(key) != name:
-                where = ck.weight_map.get(key)
-                problem(f"{path}: tensor {key} is not in the index" if where is None
-                        else f"{path}: tensor {key} is indexed under {where}")
-                if where is not None:
-                    continue
-            if key in ck.tensors:
-                problem(f"{path}: tensor {key} also appears in {ck.tensors[key].file.name}")
+
+def _read_shard(ck: Checkpoint, name: str, problem: Callable[[str], None], strict: bool) -> None:
+    """One shard's header into ck.tensors, each tensor checked against the index."""
+    path = ck.root / name
+    if not path.exists():
+        keys = [k for k, v in (ck.weight_map or {}).items() if v == name]
+        problem(f"{path}: missing shard file (index lists {len(keys)} tensors in it, e.g. {keys[0] if keys else '?'})")
+        return
+    try:
+        infos, _ = read_header(path)
+    except Hy3Error as e:
+        if strict:
+            raise
+        ck.problems.append(str(e))
+        return
+    if not infos:
+        problem(f"{path}: shard holds no tensors")
+    for key, info in infos.items():
+        if ck.weight_map is not None and ck.weight_map.get(key) != name:
+            where = ck.weight_map.get(key)
+            problem(f"{path}: tensor {key} is not in the index" if where is None
+                    else f"{path}: tensor {key} is indexed under {where}")
+            if where is not None:
                 continue
-            ck.tensors[key] = info
-    if ck.weight_map is None:
-        ck.weight_map = {k: SINGLE_NAME for k in ck.tensors}
-    else:
-        for key, name in ck.weight_map.items():
-            if key not in ck.tensors and (root / name).exists():
-                problem(f"{root / name}: index lists {key} in this file, but the file does not contain it")
-    return ck
+        if key in ck.tensors:
+            problem(f"{path}: tensor {key} also appears in {ck.tensors[key].file.name}")
+            continue
+        ck.tensors[key] = info
 
 
 # --- reading tensor bytes ------------------------------------------------------------------------

@@ -12,7 +12,16 @@ def register(sub) -> None:
     p = sub.add_parser("data", help="validate, convert and encode Hy3 SFT data",
                        description="Hy3 SFT data with per-row reasoning effort and reasoning_content. " + ROW_FORMAT)
     d = p.add_subparsers(dest="data_command", metavar="SUBCOMMAND", required=True)
+    _add_validate(d)
+    _add_convert(d)
+    _add_encode(d)
+    _add_stats(d)
+    _add_check_template(d)
+    _add_plugin_path(d)
+    _add_standin_tokenizer(d)
 
+
+def _add_validate(d) -> None:
     q = d.add_parser("validate", help="check rows; every problem as file:line",
                      description="Check JSON or JSONL files of Hy3 rows, streamed (any size): schema, role order, "
                                  "reasoning_effort values, reasoning_content consistency, tool-call shape, empty "
@@ -23,6 +32,8 @@ def register(sub) -> None:
                    help="print at most N errors and N warnings, count the rest (default 50)")
     q.set_defaults(func=run_validate)
 
+
+def _add_convert(d) -> None:
     q = d.add_parser("convert", help="ShareGPT, old Hunyuan or Alpaca rows to Hy3 rows",
                      description="Convert rows to Hy3 rows (JSONL). hunyuan-legacy: <think>..</think><answer>.."
                                  "</answer> assistant text becomes reasoning_content, a /no_think (or /think) prefix "
@@ -40,6 +51,8 @@ def register(sub) -> None:
                         "cannot be converted)")
     q.set_defaults(func=run_convert)
 
+
+def _add_encode(d) -> None:
     q = d.add_parser("encode", help="rows -> input_ids and labels (JSONL, and an ms-swift cached dataset)",
                      description="Encode Hy3 rows as Hy3's chat template renders them for training and write one "
                                  "JSON line per example: input_ids, labels (-100: no loss), lengths, source "
@@ -61,6 +74,8 @@ def register(sub) -> None:
     q.add_argument("--quiet", action="store_true", help="no progress lines")
     q.set_defaults(func=run_encode)
 
+
+def _add_stats(d) -> None:
     q = d.add_parser("stats", help="length histogram, tokens in the loss, over-length rows",
                      description="Statistics of Hy3 rows (encoded with --tokenizer) or of `hy3 data encode` output.")
     q.add_argument("input", metavar="FILE", help="Hy3 rows or encoded rows (.jsonl or .json)")
@@ -73,6 +88,8 @@ def register(sub) -> None:
     q.add_argument("--json", action="store_true", help="print one JSON object")
     q.set_defaults(func=run_stats)
 
+
+def _add_check_template(d) -> None:
     q = d.add_parser("check-template", help="rows where our renderer and the model's chat template disagree",
                      description="Encode every row with the native renderer and with the chat template in MODEL_DIR "
                                  "(apply_chat_template with is_training=True and the row's reasoning_effort) and "
@@ -91,12 +108,16 @@ def register(sub) -> None:
     q.add_argument("--show", type=int, default=20, metavar="N", help="print at most N disagreements (default 20)")
     q.set_defaults(func=run_check_template)
 
+
+def _add_plugin_path(d) -> None:
     q = d.add_parser("plugin-path", help="print the path of the ms-swift plugin file",
                      description="Print the path of megatron_hy/data/swift_plugin.py, for `megatron sft "
                                  "--custom_register_path $(hy3 data plugin-path) --template hy3` (hy3_preview for "
                                  "Hy3 preview).")
     q.set_defaults(func=run_plugin_path)
 
+
+def _add_standin_tokenizer(d) -> None:
     q = d.add_parser("standin-tokenizer", help="write the small stand-in tokenizer that knows Hy3's tokens",
                      description="Write a 512-entry byte-level tokenizer with Hy3's release and preview control "
                                  "tokens and a chat template that follows Hy3's documented rules (for trying the "

@@ -150,19 +150,9 @@ def _balance(chunks: list, files: int) -> list[list]:
 def hf_to_mcore(hf_dir: str | Path, out: str | Path, workers: int = 4, dtype: str | None = None,
                 padded_vocab: int | None = None, iteration: int = 1, overwrite: bool = False,
                 quiet: bool = False, max_file_size: str = "2GB", in_process: bool = False) -> dict:
-    import torch
-
     hf = HFCheckpoint(hf_dir)
     cfg = hf.config
-    from ..megatron.config import check_supported
-
-    check_supported(cfg)
-    padded = padded_vocab or cfg.vocab_size
-    if padded < cfg.vocab_size:
-        raise Hy3Error(f"--padded-vocab {padded} is smaller than the vocabulary ({cfg.vocab_size})")
-    target = {"bf16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16, None: None}.get(dtype, "bad")
-    if target == "bad":
-        raise Hy3Error(f"--dtype {dtype!r}: expected bf16, fp16 or fp32")
+    padded, target = _check_args(cfg, padded_vocab, dtype, workers)
     log(f"reading Megatron's layout for this model (meta-device GPTModel, {cfg.num_layers} layers)", quiet)
     layout = megatron_layout(cfg, padded, in_process)
     tensors = {t.key: t for t in mcore_tensors(cfg, padded)}
@@ -171,8 +161,6 @@ def hf_to_mcore(hf_dir: str | Path, out: str | Path, workers: int = 4, dtype: st
     check_covered(cfg, {p.key for p in layout["pieces"]}, padded)
     source = HFSource(hf, tensors, target)
     chunks = plan_chunks(layout, tensors, source)
-    if workers < 1:
-        raise Hy3Error(f"--workers {workers}: expected at least 1")
     elem_bytes = {id(c): _chunk_bytes(c, source, tensors) for c in chunks}
     # Data files are the unit of resume: at least one per worker, and none much above max_file_size.
     by_size = -(-sum(elem_bytes.values()) // parse_size(max_file_size))
@@ -187,6 +175,40 @@ def hf_to_mcore(hf_dir: str | Path, out: str | Path, workers: int = 4, dtype: st
     stage = StagedDir(out, plan, overwrite).open()
     it = stage.path(iter_dir_name(iteration))
     it.mkdir(exist_ok=True)
+    done, seconds = _write_data_files(stage, it, names, groups, objects, elem_bytes, workers, quiet)
+    specs = [dcp.TensorSpec(k, tensors[k].shape, chunk_dtype(source, tensors[k])) for k in sorted({c.key for c in chunks})]
+    dcp.write_metadata(it, specs, [done[n] for n in names])
+    _write_small_files(stage.partial, it, iteration, hf, padded, [done[n] for n in names])
+    stage.finish()
+    total = sum(d.nbytes for d in done.values())
+    log(f"wrote {out}: {len(tensors)} Megatron tensors in {len(chunks)} chunks, {len(names)} files, "
+        f"{human_bytes(total)} in {seconds:.1f}s", quiet)
+    return {"output": str(out), "tensors": len(tensors), "chunks": len(chunks), "files": len(names),
+            "bytes": total, "seconds": seconds}
+
+
+def _check_args(cfg: Hy3Config, padded_vocab: int | None, dtype: str | None, workers: int) -> tuple:
+    """(padded vocabulary, torch dtype of the weights or None to keep the HF dtypes), or a clear error."""
+    import torch
+
+    from ..megatron.config import check_supported
+
+    check_supported(cfg)
+    padded = padded_vocab or cfg.vocab_size
+    if padded < cfg.vocab_size:
+        raise Hy3Error(f"--padded-vocab {padded} is smaller than the vocabulary ({cfg.vocab_size})")
+    target = {"bf16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16, None: None}.get(dtype, "bad")
+    if target == "bad":
+        raise Hy3Error(f"--dtype {dtype!r}: expected bf16, fp16 or fp32")
+    if workers < 1:
+        raise Hy3Error(f"--workers {workers}: expected at least 1")
+    return padded, target
+
+
+def _write_data_files(stage: StagedDir, it: Path, names: list[str], groups: list[list], objects: list,
+                      elem_bytes: dict, workers: int, quiet: bool) -> tuple[dict, float]:
+    """Write the data files a previous run did not finish (the byte objects go into the first one).
+    Returns every file's dcp.FileResult by name, and the seconds taken."""
     done = {n: dcp.read_file_result(it / n) for n in names}
     todo = [(i, n) for i, n in enumerate(names) if done[n] is None]
     if stage.resumed and len(todo) < len(names):
@@ -197,24 +219,21 @@ def hf_to_mcore(hf_dir: str | Path, out: str | Path, workers: int = 4, dtype: st
                                        for i, n in todo], workers)
     for (_, n), r in zip(todo, results):
         done[n] = r
-    seconds = prog.finish()
-    specs = [dcp.TensorSpec(k, tensors[k].shape, chunk_dtype(source, tensors[k])) for k in sorted({c.key for c in chunks})]
-    dcp.write_metadata(it, specs, [done[n] for n in names])
-    _write_common(it, iteration, cfg, padded, hf_dir)
-    (stage.partial / TRACKER).write_text(str(iteration))
-    (stage.partial / "args.json").write_text(json.dumps(
+    return done, prog.finish()
+
+
+def _write_small_files(root: Path, it: Path, iteration: int, hf: HFCheckpoint, padded: int, files: list) -> None:
+    """common.pt, metadata.json, the tracker, args.json and the manifest; the data files' sidecars go."""
+    hf_dir = hf.root
+    _write_common(it, iteration, hf.config, padded, hf_dir)
+    (root / TRACKER).write_text(str(iteration))
+    (root / "args.json").write_text(json.dumps(
         {"model": str(Path(hf_dir).resolve()), "tuner_type": "full", "mcore_model": None,
          "padded_vocab_size": padded, "converted_by": f"megatron-hy {__version__}"}, indent=2) + "\n")
-    for n in names:
-        (it / (n + ".items.json")).unlink(missing_ok=True)
-    write_manifest(stage.partial, "torch_dist", {"hf_dir": str(Path(hf_dir).resolve()), "layout": hf.layout},
-                   {f"{iter_dir_name(iteration)}/{n}": (done[n].nbytes, done[n].xxh3) for n in names})
-    stage.finish()
-    total = sum(d.nbytes for d in done.values())
-    log(f"wrote {out}: {len(tensors)} Megatron tensors in {len(chunks)} chunks, {len(names)} files, "
-        f"{human_bytes(total)} in {seconds:.1f}s", quiet)
-    return {"output": str(out), "tensors": len(tensors), "chunks": len(chunks), "files": len(names),
-            "bytes": total, "seconds": seconds}
+    for f in files:
+        (it / (f.name + ".items.json")).unlink(missing_ok=True)
+    write_manifest(root, "torch_dist", {"hf_dir": str(Path(hf_dir).resolve()), "layout": hf.layout},
+                   {f"{iter_dir_name(iteration)}/{f.name}": (f.nbytes, f.xxh3) for f in files})
 
 
 def _chunk_bytes(c, source, tensors) -> int:

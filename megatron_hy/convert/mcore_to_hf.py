@@ -65,7 +65,6 @@ class MCoreSource:
 def mcore_to_hf(mcore_dir: str | Path, out: str | Path, hf_config: str | Path, fmt: str = "inner",
                 iteration: int | None = None, workers: int = 4, max_shard_size: str = "5GB",
                 dtype: str | None = None, overwrite: bool = False, quiet: bool = False) -> dict:
-    import torch
     import xxhash
 
     from ..safetensors_io import parse_size, plan_shards, shard_name, write_index, write_shard
@@ -74,41 +73,10 @@ def mcore_to_hf(mcore_dir: str | Path, out: str | Path, hf_config: str | Path, f
         raise Hy3Error(f"--format must be inner or outer, not {fmt!r}")
     cfg = load_config(hf_config)
     it = find_iteration_dir(mcore_dir, iteration)
-    reader = dcp.DcpReader(it)
-    emb = "embedding.word_embeddings.weight"
-    if emb not in reader.tensors:
-        raise Hy3Error(f"{it}: no {emb}; not a Megatron GPT checkpoint")
-    padded = reader.shape(emb)[0]
-    if padded < cfg.vocab_size:
-        raise Hy3Error(f"{it}: embedding has {padded} rows, {hf_config}/config.json says vocab_size {cfg.vocab_size}")
-    src = MCoreSource(reader, cfg, padded)
-    _check_against_config(reader, src, it, hf_config)
-    names = {"bf16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16,
-             "bfloat16": torch.bfloat16, "float32": torch.float32, "float16": torch.float16}
-    if dtype is not None and dtype not in names:
-        raise Hy3Error(f"--dtype {dtype!r}: expected bf16, fp16 or fp32")
-    target = names.get(dtype) or names.get(cfg.dtype or "")
-
-    def out_dtype(name):
-        # HF Hy3 keeps the router's expert bias in fp32 (transformers: _keep_in_fp32_modules_strict)
-        if name.endswith("mlp.expert_bias"):
-            return torch.float32
-        d = src.dtype(name)
-        return target if (target is not None and d.is_floating_point) else d
-
-    def block_sources(name: str) -> list:
-        shape = src.shape(name)
-        row = 1
-        for s in shape[1:]:
-            row *= s
-        item = torch.empty((), dtype=out_dtype(name)).element_size()
-        step = max(1, CHUNK_BYTES // max(1, row * item))
-
-        def make(a, b):
-            return lambda: _tensor_bytes(src.rows(name, a, b).to(out_dtype(name)))
-        return [make(a, min(a + step, shape[0])) for a in range(0, shape[0], step)]
-
-    tensors = layout_tensors(cfg, fmt, block_sources, lambda n: dtype_name(out_dtype(n)), str(it))
+    src = _open_source(it, cfg, hf_config)
+    out_dtype = _out_dtype(src, cfg, dtype)
+    tensors = layout_tensors(cfg, fmt, lambda n: _row_blocks(src, n, out_dtype(n)),
+                             lambda n: dtype_name(out_dtype(n)), str(it))
     groups = plan_shards(tensors, parse_size(max_shard_size))
     names = [shard_name(i, len(groups)) for i in range(len(groups))]
     stamp = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(it.iterdir()) if p.is_file()]
@@ -130,17 +98,71 @@ def mcore_to_hf(mcore_dir: str | Path, out: str | Path, hf_config: str | Path, f
     total = sum(t.nbytes for t in tensors)
     write_index(stage.partial, {t.key: n for n, g in zip(names, groups) for t in g}, total)
     copy_other_files(sorted(p for p in Path(hf_config).iterdir() if _carried(p)), stage.partial)
+    write_manifest(stage.partial, f"hf-{fmt}", {"mcore_dir": str(Path(mcore_dir).resolve()), "iteration_dir": it.name},
+                   _shard_checksums(stage, names))
+    stage.finish()
+    log(f"wrote {out}: {len(tensors)} tensors ({fmt} layout) in {len(groups)} shards, {human_bytes(total)} "
+        f"in {seconds:.1f}s", quiet)
+    return {"output": str(out), "tensors": len(tensors), "shards": len(groups), "bytes": total, "seconds": seconds}
+
+
+def _open_source(it: Path, cfg: Hy3Config, hf_config) -> MCoreSource:
+    """The checkpoint's tensors through the mapping table, once they are known to be what the config implies."""
+    reader = dcp.DcpReader(it)
+    emb = "embedding.word_embeddings.weight"
+    if emb not in reader.tensors:
+        raise Hy3Error(f"{it}: no {emb}; not a Megatron GPT checkpoint")
+    padded = reader.shape(emb)[0]
+    if padded < cfg.vocab_size:
+        raise Hy3Error(f"{it}: embedding has {padded} rows, {hf_config}/config.json says vocab_size {cfg.vocab_size}")
+    src = MCoreSource(reader, cfg, padded)
+    _check_against_config(reader, src, it, hf_config)
+    return src
+
+
+def _out_dtype(src: MCoreSource, cfg: Hy3Config, dtype: str | None):
+    """name -> the torch dtype it is written in: --dtype, else config.json's dtype, for floating-point weights."""
+    import torch
+
+    names = {"bf16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16,
+             "bfloat16": torch.bfloat16, "float32": torch.float32, "float16": torch.float16}
+    if dtype is not None and dtype not in names:
+        raise Hy3Error(f"--dtype {dtype!r}: expected bf16, fp16 or fp32")
+    target = names.get(dtype) or names.get(cfg.dtype or "")
+
+    def out_dtype(name):
+        # HF Hy3 keeps the router's expert bias in fp32 (transformers: _keep_in_fp32_modules_strict)
+        if name.endswith("mlp.expert_bias"):
+            return torch.float32
+        d = src.dtype(name)
+        return target if (target is not None and d.is_floating_point) else d
+    return out_dtype
+
+
+def _row_blocks(src: MCoreSource, name: str, dtype) -> list:
+    """The bytes of one HF tensor as makers of row blocks of at most CHUNK_BYTES, read when written."""
+    import torch
+
+    shape = src.shape(name)
+    row = 1
+    for s in shape[1:]:
+        row *= s
+    item = torch.empty((), dtype=dtype).element_size()
+    step = max(1, CHUNK_BYTES // max(1, row * item))
+
+    def make(a, b):
+        return lambda: _tensor_bytes(src.rows(name, a, b).to(dtype))
+    return [make(a, min(a + step, shape[0])) for a in range(0, shape[0], step)]
+
+
+def _shard_checksums(stage: StagedDir, names: list[str]) -> dict:
+    """name -> (bytes, xxh3-128) of every shard: from the mark its writer left, or read again (an older run)."""
     files = {}
     for n in names:
         mark = stage.path(n + ".xxh3")
         files[n] = (stage.path(n).stat().st_size, mark.read_text().strip() if mark.exists() else file_xxh3(stage.path(n)))
         mark.unlink(missing_ok=True)
-    write_manifest(stage.partial, f"hf-{fmt}", {"mcore_dir": str(Path(mcore_dir).resolve()), "iteration_dir": it.name},
-                   files)
-    stage.finish()
-    log(f"wrote {out}: {len(tensors)} tensors ({fmt} layout) in {len(groups)} shards, {human_bytes(total)} "
-        f"in {seconds:.1f}s", quiet)
-    return {"output": str(out), "tensors": len(tensors), "shards": len(groups), "bytes": total, "seconds": seconds}
+    return files
 
 
 def _carried(p: Path) -> bool:

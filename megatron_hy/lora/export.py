@@ -35,9 +35,6 @@ def _module(name: str) -> str:
 
 def export_peft(adapter_dir: str | Path, base_dir: str | Path, out: str | Path, rslora: str = "auto",
                 strict: bool = False, overwrite: bool = False, quiet: bool = False) -> dict:
-    import torch
-    from safetensors.torch import save_file
-
     base = HFCheckpoint(base_dir)
     cfg = base.config
     adapter = open_adapter(adapter_dir, cfg, rslora)
@@ -47,10 +44,42 @@ def export_peft(adapter_dir: str | Path, base_dir: str | Path, out: str | Path, 
     if out.exists() and not overwrite:
         raise Hy3Error(f"{out}: already exists; choose another output directory or pass --overwrite")
 
-    tensors: dict[str, torch.Tensor] = {}
+    tensors, modules, params, ranks, skipped = _peft_tensors(cfg, adapter)
+    if skipped:
+        msg = "no PEFT equivalent on HYV3ForCausalLM for " + "; ".join(skipped[:5]) + (
+            f"; and {len(skipped) - 5} more" if len(skipped) > 5 else "")
+        if strict:
+            raise Hy3Error(f"{adapter_dir}: {msg}")
+        log(f"warning: not exported, {msg}", quiet)
+    if not tensors:
+        raise Hy3Error(f"{adapter_dir}: nothing to export: every LoRA target lacks a PEFT equivalent")
+
+    rank, scaling = Counter(ranks.values()).most_common(1)[0][0]
+    config = {
+        "peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": str(Path(base_dir).resolve()),
+        "r": rank, "lora_alpha": scaling * rank, "use_rslora": False, "lora_dropout": 0.0, "bias": "none",
+        "fan_in_fan_out": False, "inference_mode": True, "init_lora_weights": True,
+        "target_modules": sorted(modules), "target_parameters": sorted(params) or None,
+        "rank_pattern": {k: r for k, (r, s) in ranks.items() if (r, s) != (rank, scaling)},
+        "alpha_pattern": {k: s * r for k, (r, s) in ranks.items() if (r, s) != (rank, scaling)},
+        "auto_mapping": {"base_model_class": "HYV3ForCausalLM",
+                         "parent_library": "transformers.models.hy_v3.modeling_hy_v3"},
+    }
+    report = {"source": str(Path(adapter_dir).resolve()), "format": adapter.kind, "created_by": f"megatron-hy {__version__}",
+              "scaling": adapter.scaling, "exported_modules": len(modules), "exported_parameters": len(params),
+              "not_exported": skipped, "notes": adapter.notes}
+    _write(out, tensors, config, report)
+    log(f"wrote {out}: PEFT adapter with {len(modules)} modules and {len(params)} expert parameters "
+        f"(rank {rank}, scaling {scaling:g})" + (f"; {len(skipped)} targets not exported" if skipped else ""), quiet)
+    return report
+
+
+def _peft_tensors(cfg, adapter) -> tuple[dict, list, list, dict, list]:
+    """(PEFT tensors, target modules, target parameters, module or parameter -> (rank, scaling), targets skipped)."""
+    tensors: dict = {}
     modules: list[str] = []
     params: list[str] = []
-    ranks: dict[str, tuple[int, float]] = {}   # module or parameter -> (rank, scaling)
+    ranks: dict[str, tuple[int, float]] = {}
     skipped: list[str] = []
     experts: dict[int, dict[str, dict[int, object]]] = defaultdict(lambda: defaultdict(dict))
     for name in adapter.targets():
@@ -74,42 +103,24 @@ def export_peft(adapter_dir: str | Path, base_dir: str | Path, out: str | Path, 
         ranks[module] = (f.A.shape[0], _scaling_of(adapter, name))
     for layer, projs in sorted(experts.items()):
         _export_experts(cfg, adapter, layer, projs, tensors, params, ranks)
-    if skipped:
-        msg = "no PEFT equivalent on HYV3ForCausalLM for " + "; ".join(skipped[:5]) + (
-            f"; and {len(skipped) - 5} more" if len(skipped) > 5 else "")
-        if strict:
-            raise Hy3Error(f"{adapter_dir}: {msg}")
-        log(f"warning: not exported, {msg}", quiet)
-    if not tensors:
-        raise Hy3Error(f"{adapter_dir}: nothing to export: every LoRA target lacks a PEFT equivalent")
+    return tensors, modules, params, ranks, skipped
 
-    rank, scaling = Counter(ranks.values()).most_common(1)[0][0]
-    config = {
-        "peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": str(Path(base_dir).resolve()),
-        "r": rank, "lora_alpha": scaling * rank, "use_rslora": False, "lora_dropout": 0.0, "bias": "none",
-        "fan_in_fan_out": False, "inference_mode": True, "init_lora_weights": True,
-        "target_modules": sorted(modules), "target_parameters": sorted(params) or None,
-        "rank_pattern": {k: r for k, (r, s) in ranks.items() if (r, s) != (rank, scaling)},
-        "alpha_pattern": {k: s * r for k, (r, s) in ranks.items() if (r, s) != (rank, scaling)},
-        "auto_mapping": {"base_model_class": "HYV3ForCausalLM",
-                         "parent_library": "transformers.models.hy_v3.modeling_hy_v3"},
-    }
+
+def _write(out: Path, tensors: dict, config: dict, report: dict) -> None:
+    """The adapter into OUT.partial, then renamed to OUT (replacing an old OUT only then)."""
+    import torch
+    from safetensors.torch import save_file
+
     tmp = out.with_name(out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     save_file({k: v.to(torch.float32).contiguous() for k, v in tensors.items()}, str(tmp / "adapter_model.safetensors"),
               metadata={"format": "pt"})
     (tmp / "adapter_config.json").write_text(json.dumps(config, indent=2) + "\n")
-    report = {"source": str(Path(adapter_dir).resolve()), "format": adapter.kind, "created_by": f"megatron-hy {__version__}",
-              "scaling": adapter.scaling, "exported_modules": len(modules), "exported_parameters": len(params),
-              "not_exported": skipped, "notes": adapter.notes}
     (tmp / "export_report.json").write_text(json.dumps(report, indent=2) + "\n")
     if out.exists():
         shutil.rmtree(out)
     os.rename(tmp, out)
-    log(f"wrote {out}: PEFT adapter with {len(modules)} modules and {len(params)} expert parameters "
-        f"(rank {rank}, scaling {scaling:g})" + (f"; {len(skipped)} targets not exported" if skipped else ""), quiet)
-    return report
 
 
 def _layer(name: str) -> int | None:
