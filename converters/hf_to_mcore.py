@@ -4,7 +4,6 @@
     python converters/hf_to_mcore.py /models/Hy3 /ckpt/Hy3-mcore [--workers 8] [--dtype bf16]
 
 The output is what `megatron sft --mcore_model` loads, under any TP/PP/EP/ETP. `--help` lists every flag.
-Run it with the Python that has megatron-hy installed (`make setup`: .venv/bin/python; the Docker image).
 """
 
 import sys

@@ -5,7 +5,6 @@
 
 Reads ours or one megatron-core saved during training (any layout, optimizer state ignored); writes the
 inner (published) or outer layout. `--help` lists every flag.
-Run it with the Python that has megatron-hy installed (`make setup`: .venv/bin/python; the Docker image).
 """
 
 import sys

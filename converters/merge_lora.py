@@ -5,7 +5,6 @@
 
 Adapters from ms-swift's Megatron LoRA (torch_dist or safetensors) or PEFT; the output is in the base's
 layout and passes `hy3 check`. `--help` lists every flag.
-Run it with the Python that has megatron-hy installed (`make setup`: .venv/bin/python; the Docker image).
 """
 
 import sys
