@@ -5,9 +5,9 @@
 #   docker run --gpus all --ipc=host --network=host -v /data:/data megatron-hy \
 #       hy3 launch recipes/lora-141g-1n-16k-mtp.yaml --model /data/Hy3 --dataset /data/sft.jsonl --output-dir /data/out
 #
-# Every version is pinned. The packages pyproject.toml declares are pinned to the versions the project is
-# tested with (tests/test_dockerfile.py checks each pin against pyproject's range, and torch against the
-# Makefile's TORCH_PIN). The GPU-only packages are pinned to what megatron-core 0.16.1 asks for.
+# Every version is pinned. The packages pyproject.toml declares are pinned to the versions of the CPU lock the
+# project is tested with (requirements/cpu-py311.lock; tests/test_dockerfile.py checks each pin against it and
+# against pyproject's range, and torch against the Makefile's TORCH_PIN). The GPU-only packages are pinned to what megatron-core 0.16.1 asks for.
 # Not built in CI (no GPU builder): transformer-engine, flash-attn and apex compile CUDA code, ~1-2 h on 16 cores.
 
 # CUDA 13.0 + cuDNN devel: megatron-core 0.16.1 is tested with Transformer Engine's CUDA 13 build, and the
@@ -26,7 +26,8 @@ RUN apt-get update && apt-get install -y --no-install-recommends \
     && rm -rf /var/lib/apt/lists/*
 RUN python3 -m venv /opt/venv
 ENV PATH=/opt/venv/bin:${PATH}
-RUN pip install --upgrade pip setuptools wheel packaging ninja pybind11
+# Build tools pinned too: the CUDA extensions below are built with them.
+RUN pip install pip==26.3 setuptools==84.2.1 wheel==0.48.0 packaging==26.4 ninja==1.13.2 pybind11==3.1.0
 
 # torch: same version as the Makefile's CPU pin, here the CUDA 13.0 build. Installed first, alone, so the
 # CUDA extensions below compile against it and nothing later swaps it for another build.
@@ -58,11 +59,11 @@ RUN pip install \
         safetensors==0.8.0 \
         modelscope==1.40.2 \
         numpy==2.4.6 \
-        pyyaml==6.0.3 \
+        pyyaml==6.0.4 \
         xxhash==4.1.0 \
         tokenizers==0.23.3 \
         jinja2==3.1.6 \
-        regex==2026.11.15 \
+        regex==2026.11.19 \
         datasets==4.8.4
 
 # This package (its dependencies are all pinned above).

@@ -1,19 +1,25 @@
-"""The Dockerfile cannot be built here (no GPU builder); its pins are checked against pyproject.toml."""
+"""The install: the CPU lock, pyproject.toml's ranges and the Dockerfile's pins agree.
+
+The Dockerfile cannot be built here (no GPU builder), so its pins are checked against the lock and the ranges."""
 
 from __future__ import annotations
 
 import re
 
-import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
 from conftest import REPO
 
-tomllib = pytest.importorskip("tomllib")   # Python 3.11+
+try:
+    import tomllib
+except ModuleNotFoundError:   # Python 3.10: the dev extra brings tomli
+    import tomli as tomllib
 
 DOCKERFILE = (REPO / "Dockerfile").read_text()
+LOCK = REPO / "requirements" / "cpu-py311.lock"
+LOCK_PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9_.-]*)==(\S+) \\$", re.M)
 PIN = re.compile(r"(?<![\w.-])([A-Za-z][A-Za-z0-9_.-]*)(?:\[[^\]]*\])?==([0-9][0-9A-Za-z.+-]*)")
 
 
@@ -29,19 +35,59 @@ def pins() -> dict[str, str]:
     return found
 
 
+def locked() -> dict[str, str]:
+    return {canonicalize_name(name): version for name, version in LOCK_PIN.findall(LOCK.read_text())}
+
+
+def declared(extra: str | None = None) -> list[Requirement]:
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    deps = project["optional-dependencies"][extra] if extra else project["dependencies"]
+    return [Requirement(d) for d in deps]
+
+
+def makefile_torch_pin() -> str:
+    return re.search(r"TORCH_PIN \?= torch==(\S+)", (REPO / "Makefile").read_text()).group(1)
+
+
+def test_the_lock_pins_every_declared_dependency_inside_its_range():
+    lock = locked()
+    for req in declared() + declared("dev"):
+        if req.marker is not None and not req.marker.evaluate({"python_version": "3.11"}):
+            continue
+        name = canonicalize_name(req.name)
+        assert name in lock, f"{req.name} is declared in pyproject.toml but not locked"
+        assert req.specifier.contains(Version(lock[name]), prereleases=True), \
+            f"{req.name}=={lock[name]} is outside {req.specifier}"
+
+
+def test_every_locked_package_is_hash_checked_and_torch_is_the_cpu_build():
+    entries = re.split(r"\n(?=[A-Za-z0-9])", LOCK.read_text())
+    packages = [e for e in entries if LOCK_PIN.match(e)]
+    assert len(packages) == len(locked()) > 50
+    for entry in packages:
+        assert re.search(r"--hash=sha256:[0-9a-f]{64}", entry), f"no hash for {entry.splitlines()[0]}"
+    assert locked()["torch"] == makefile_torch_pin()
+    assert (REPO / "requirements" / "torch-cpu.txt").read_text().strip() == f"torch=={makefile_torch_pin()}"
+
+
+def test_dockerfile_pins_are_the_locked_versions():
+    lock = locked()
+    for name, version in pins().items():
+        if name in lock and name != "torch":
+            assert version == lock[name], f"Dockerfile pins {name}=={version}, the lock has {lock[name]}"
+
+
 def test_every_declared_dependency_is_pinned_inside_its_range():
-    deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
     pinned = pins()
-    for dep in deps:
-        req = Requirement(dep)
+    for req in declared():
         name = canonicalize_name(req.name)
         assert name in pinned, f"{req.name} is a dependency but the Dockerfile does not pin it"
         assert Version(pinned[name]) in req.specifier, f"{req.name}=={pinned[name]} is outside {req.specifier}"
 
 
 def test_torch_matches_the_makefile_pin():
-    makefile_pin = re.search(r"TORCH_PIN \?= torch==(\S+)", (REPO / "Makefile").read_text()).group(1)
-    assert pins()["torch"] == makefile_pin
+    # the image takes the CUDA build of the same release as the CPU lock's local `+cpu` version
+    assert pins()["torch"] == Version(makefile_torch_pin()).public
 
 
 def test_gpu_stack_is_pinned():
