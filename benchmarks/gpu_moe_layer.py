@@ -32,9 +32,12 @@ Running it on a GPU machine whose Python 3.12 has CUDA torch but no megatron-cor
     # which this script does not import), so fetch the wheel built for the GPU machine's Python
     pip download --no-deps megatron-core==0.16.1 --python-version 3.12 --only-binary=:all: \\
         --platform manylinux_2_28_x86_64 -d .gpu-wheels/
-    # there (megatron-core's other requirements, numpy and packaging, come with torch's usual installs):
-    pip install --no-deps .gpu-wheels/megatron_core-0.16.1-cp312-cp312-*.whl
+    # megatron-core also needs numpy and packaging; if `python -c "import numpy, packaging"` fails there,
+    # fetch them the same way (pip download --no-deps numpy packaging --python-version 3.12 ...)
+    # there:
+    pip install --no-deps .gpu-wheels/*.whl
     PYTHONPATH=. python benchmarks/gpu_moe_layer.py --json /tmp/gpu_moe_layer.json
+    # the script imports only megatron_hy's model parts (no PyYAML, ms-swift or transformers needed)
 
 Sized for one H200 (or H100): three sequence lengths x three settings, two warm-up and five timed steps
 each, about a minute of GPU time plus start-up; well under five minutes. The numbers go in
