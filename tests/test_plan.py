@@ -48,19 +48,8 @@ def test_totals_reproduce_the_published_295b_and_3_8b_mtp():
     assert d.total(with_mtp=False) == NO_MTP == 295_033_543_488
     assert d.mtp == MTP == 3_752_612_288
     assert d.total(with_mtp=True) == NO_MTP + MTP == 298_786_155_776
-    assert round(NO_MTP / 1e9) == 295           # model card: 295B
-    assert round(MTP / 1e9, 1) == 3.8           # model card: 3.8B in the MTP layer
-
-
-def test_the_294_9b_figure_is_a_hand_sum_without_router_norms_and_bias():
-    # The public GB300 write-up adds five rows: routed experts, shared experts, attention, layer 0's
-    # dense FFN, embedding + head. Their exact sum is 294.97B; rounding 286.29B down to "286.2" gives
-    # its 294.88 ~ "294.9B". What the rows leave out is the router, the norms and the expert bias.
-    rows = (L - 1) * EXPERTS_PER_LAYER + (L - 1) * SHARED + L * ATTN + DENSE_MLP + 2 * V * H
-    assert rows == 294_970_720_256
-    left_out = (L - 1) * (ROUTER + BIAS) + L * NORMS + H
-    assert NO_MTP - rows == left_out == 62_823_232
-    assert round(286.2 + 1.49 + 6.04 + 0.16 + 0.99, 1) == 294.9
+    assert round(d.total(with_mtp=False) / 1e9) == 295      # model card: 295B
+    assert round(d.mtp / 1e9, 1) == 3.8                     # model card: 3.8B in the MTP layer
 
 
 def test_params_per_gpu_split_experts_by_ep_and_the_rest_by_tp():
@@ -227,9 +216,11 @@ def test_more_recomputation_means_less_activation_memory():
     assert none - moe_act == pytest.approx(79 * 8 * 2 * F * tokens * 2)
 
 
-def test_calibration_reproduces_the_public_gb300_measurement():
-    # The public 64 x GB300 run (TP1 PP2 VPP8 EP32, micro batch 1, 4K, bf16 gradients) measured a 184 GiB peak
-    # with recompute_modules [moe_act] and 217 GiB with no recomputation (docs/training.md, Calibration).
+def test_calibration_record_public_gb300_peaks():
+    """A calibration record, not a validation: the activation factor 1.5 was fitted to these two public
+    measurements (64 x GB300, TP1 PP2 VPP8 EP32, micro batch 1, 4K, bf16 gradients: 184 GiB peak with
+    recompute_modules [moe_act], 217 GiB with none; docs/training.md, Calibration). This records that the
+    memory model still reproduces the fit it was tuned on; agreement here says nothing about other runs."""
     run = dict(nodes=16, gpus=4, mem=288, pipeline_model_parallel_size=2, virtual_pipeline_model_parallel_size=8,
                expert_model_parallel_size=32, global_batch_size=2048, main_grads_dtype="bf16")
     v1 = plan(recompute_granularity="selective", recompute_modules=["moe_act"], **run)
@@ -240,7 +231,7 @@ def test_calibration_reproduces_the_public_gb300_measurement():
 
 def test_a_layout_that_does_not_fit_fails():
     p = plan(expert_model_parallel_size=8, mem=80)                # full fine-tuning of 299B on 8 GPUs
-    assert p.valid and not p.fits and p.verdict == "does not fit"
+    assert p.valid and not p.fits and p.verdict == "does not fit (GPU memory)"
 
 
 # --- CLI ---------------------------------------------------------------------------------------------------

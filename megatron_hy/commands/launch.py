@@ -49,7 +49,8 @@ def run(args) -> int:
     from ..plan import format_plan, load_recipe, plan_recipe, with_overrides
     from ..plan.swift_args import check_args
 
-    recipe = with_overrides(load_recipe(args.recipe), args.set, args.nodes, args.gpus_per_node, args.gpu_mem)
+    recipe = with_overrides(load_recipe(args.recipe), args.set, args.nodes, args.gpus_per_node, args.gpu_mem,
+                            args.host_mem)
     paths = {"model": args.model, "mcore_model": args.mcore_model, "mcore_adapter": args.mcore_adapter,
              "dataset": args.dataset, "output_dir": args.output_dir}
     argv = megatron_argv(recipe, paths, args.export)

@@ -75,6 +75,11 @@ def apply_cpu_shims() -> None:
     mrandom._CUDA_RNG_STATE_TRACKER = _CpuTracker()
     mrandom._CUDA_RNG_STATE_TRACKER_INITIALIZED = True
 
+    # 5b. tensor_parallel.checkpoint (selective recompute, e.g. recompute_modules [moe]) saves and restores
+    #     the CUDA RNG state around the recomputed forward; on CPU the CPU state, saved beside it, is all there is.
+    mrandom._get_cuda_rng_state = lambda *args, **kwargs: torch.get_rng_state()
+    mrandom._set_cuda_rng_state = lambda *args, **kwargs: None
+
     # 6. tensor_parallel.mappings gathers with all_gather_into_tensor and scatters with
     #    reduce_scatter_tensor (TP logits gather, MoE allgather dispatcher); gloo has neither.
     from megatron.core.tensor_parallel import mappings

@@ -1,6 +1,18 @@
-"""Recipes, the layout/memory planner and the `megatron` argument check behind `hy3 plan` and `hy3 launch`."""
+"""Recipes, the layout/memory planner, the layout search and the `megatron` argument check behind
+`hy3 plan` and `hy3 launch`.
 
-from .planner import Plan, format_plan, plan_json, plan_recipe
-from .recipe import Cluster, Recipe, load_recipe, with_overrides
+The names below load on first use, so that the model parts (memory, cost, params) import without
+PyYAML: benchmarks/gpu_moe_layer.py runs them on a GPU machine that has little more than CUDA torch.
+"""
 
-__all__ = ["Cluster", "Plan", "Recipe", "format_plan", "load_recipe", "plan_json", "plan_recipe", "with_overrides"]
+from importlib import import_module
+
+_WHERE = {"Plan": "planner", "plan_recipe": "planner", "Cluster": "recipe", "Recipe": "recipe",
+          "load_recipe": "recipe", "with_overrides": "recipe", "format_plan": "report", "plan_json": "report"}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(import_module(f".{_WHERE[name]}", __name__), name)

@@ -131,7 +131,21 @@ def build_layout(cfg: Hy3Config, args: dict, world: int, errors: list[str], warn
     dp = world // model
     lay = Layout(world, tp, pp, cp, ep, etp, vpp, dp, bool(args.get("sequence_parallel", False)), mbs, gbs, seq, mtp)
 
-    # attention heads and vocab across tensor parallel ranks
+    _tensor_rules(cfg, lay, errors)
+    _expert_rules(cfg, lay, errors)
+    _batch_rules(args, lay, errors, warnings)
+    _sequence_rules(cfg, lay, errors, warnings)
+    if mtp and mtp > cfg.num_mtp_layers:
+        errors.append(f"mtp_num_layers {mtp}: the checkpoint has {cfg.num_mtp_layers} MTP layer(s) "
+                      f"(num_nextn_predict_layers); more would start from random weights")
+    _recompute_rules(args, errors)
+    _place_layers(cfg, args, lay, errors)
+    return lay
+
+
+def _tensor_rules(cfg: Hy3Config, lay: Layout, errors: list[str]) -> None:
+    """Attention heads and query groups across tensor-parallel ranks; sequence parallelism."""
+    tp = lay.tp
     if cfg.num_heads % tp:
         errors.append(f"num_attention_heads {cfg.num_heads} is not divisible by tensor_model_parallel_size {tp}")
     if cfg.num_kv_heads % tp:
@@ -141,7 +155,10 @@ def build_layout(cfg: Hy3Config, args: dict, world: int, errors: list[str], warn
         errors.append(f"tensor_model_parallel_size {tp} needs sequence_parallel: true (Megatron's MoE layers with "
                       f"tensor parallelism expect sequence parallelism; it also cuts activation memory by TP)")
 
-    # experts: MoE parallel folding splits the TP*CP*DP ranks of a pipeline stage into EP*ETP*EDP
+
+def _expert_rules(cfg: Hy3Config, lay: Layout, errors: list[str]) -> None:
+    """MoE parallel folding: the TP*CP*DP ranks of a pipeline stage are split into EP*ETP*EDP."""
+    tp, cp, dp, ep, etp = lay.tp, lay.cp, lay.dp, lay.ep, lay.etp
     if cfg.num_experts % ep:
         errors.append(f"num_experts {cfg.num_experts} is not divisible by expert_model_parallel_size {ep}")
     if (tp * cp * dp) % (ep * etp):
@@ -151,7 +168,10 @@ def build_layout(cfg: Hy3Config, args: dict, world: int, errors: list[str], warn
     if cfg.moe_ffn % etp:
         errors.append(f"moe_intermediate_size {cfg.moe_ffn} is not divisible by expert_tensor_parallel_size {etp}")
 
-    # batch
+
+def _batch_rules(args: dict, lay: Layout, errors: list[str], warnings: list[str]) -> None:
+    """Global batch against micro batch * DP, and enough micro-batches for the pipeline schedule."""
+    mbs, gbs, dp, pp, vpp = lay.mbs, lay.gbs, lay.dp, lay.pp, lay.vpp
     if gbs % (mbs * dp):
         errors.append(f"global_batch_size {gbs} is not a multiple of micro_batch_size*DP = {mbs}*{dp} = {mbs * dp}")
     elif vpp > 1:
@@ -165,8 +185,11 @@ def build_layout(cfg: Hy3Config, args: dict, world: int, errors: list[str], warn
         warnings.append(f"{lay.microbatches} micro-batches per step for {pp} pipeline stages: most of each step is "
                         f"pipeline bubble; raise global_batch_size")
 
-    # context parallel against the sequence: ms-swift cuts each sequence into 2*CP chunks (and each CP shard
-    # into TP pieces under sequence parallelism), padding the sequence up to a multiple when needed
+
+def _sequence_rules(cfg: Hy3Config, lay: Layout, errors: list[str], warnings: list[str]) -> None:
+    """Context parallelism against the sequence: ms-swift cuts each sequence into 2*CP chunks (and each
+    CP shard into TP pieces under sequence parallelism), padding the sequence up to a multiple when needed."""
+    cp, tp, seq = lay.cp, lay.tp, lay.seq
     if cp > 1:
         unit = math.lcm(2 * cp, cp * tp if lay.sp else 1)
         if seq < 2 * cp:
@@ -180,13 +203,6 @@ def build_layout(cfg: Hy3Config, args: dict, world: int, errors: list[str], warn
                             f"pays off for long sequences only")
     if seq > cfg.max_position_embeddings:
         warnings.append(f"max_length {seq} exceeds the model's max_position_embeddings {cfg.max_position_embeddings}")
-
-    if mtp and mtp > cfg.num_mtp_layers:
-        errors.append(f"mtp_num_layers {mtp}: the checkpoint has {cfg.num_mtp_layers} MTP layer(s) "
-                      f"(num_nextn_predict_layers); more would start from random weights")
-    _recompute_rules(args, errors)
-    _place_layers(cfg, args, lay, errors)
-    return lay
 
 
 def _recompute_rules(args: dict, errors: list[str]) -> None:
@@ -209,111 +225,139 @@ def _recompute_rules(args: dict, errors: list[str]) -> None:
 
 def _place_layers(cfg: Hy3Config, args: dict, lay: Layout, errors: list[str]) -> None:
     """Fill lay.chunks, the way get_num_layers_to_build / PipelineParallelLayerLayout do."""
-    L, pp = cfg.num_layers, lay.pp
     text = args.get("pipeline_model_parallel_layout")
     first, last = args.get("decoder_first_pipeline_num_layers"), args.get("decoder_last_pipeline_num_layers")
     acc_e = bool(args.get("account_for_embedding_in_pipeline_split"))
     acc_l = bool(args.get("account_for_loss_in_pipeline_split"))
-    if lay.vpp > 1 and pp == 1:
+    if lay.vpp > 1 and lay.pp == 1:
         errors.append("virtual_pipeline_model_parallel_size needs pipeline_model_parallel_size > 1")
         return
-
     if text:
         if first is not None or last is not None or acc_e or acc_l:
             errors.append("pipeline_model_parallel_layout cannot be combined with decoder_first/last_pipeline_num_layers "
                           "or account_for_*_in_pipeline_split")
             return
-        try:
-            raw = parse_pipeline_layout(str(text))
-        except ValueError as e:
-            errors.append(f"pipeline_model_parallel_layout {text!r}: {e}")
-            return
-        if len(raw) % pp:
-            errors.append(f"pipeline_model_parallel_layout has {len(raw)} stages, not a multiple of PP={pp}")
-            return
-        vpp = len(raw) // pp
-        if args.get("virtual_pipeline_model_parallel_size") not in (None, vpp):
-            errors.append(f"pipeline_model_parallel_layout implies VPP={vpp}, but "
-                          f"virtual_pipeline_model_parallel_size is {args['virtual_pipeline_model_parallel_size']}")
-        lay.vpp = vpp
-        flat = [x for c in raw for x in c]
-        problems = []
-        if flat.count("t") != L:
-            problems.append(f"has {flat.count('t')} decoder layers (t), the model has {L}")
-        if flat.count("m") != lay.mtp:
-            problems.append(f"has {flat.count('m')} MTP layers (m), mtp_num_layers is {lay.mtp}")
-        if flat.count("E") != 1 or flat[0] != "E":
-            problems.append("must start with the embedding E, exactly once")
-        if flat.count("L") != 1 or flat[-1] != "L":
-            problems.append("must end with the loss L, exactly once")
-        if "m" in flat and "t" in flat[flat.index("m"):]:
-            problems.append("decoder layers must all come before the MTP layers")
-        for k, c in enumerate(raw):
-            if "m" in c and k // pp != vpp - 1:
-                problems.append("MTP layers must sit in the last virtual stage of their pipeline rank")
-                break
-        if problems:
-            errors.append(f"pipeline_model_parallel_layout {text!r}: " + "; ".join(problems))
-            return
-        counts = None
-    elif first is not None or last is not None:
-        if acc_e or acc_l:
-            errors.append("decoder_first/last_pipeline_num_layers cannot be combined with account_for_*_in_pipeline_split")
-            return
-        if pp == 1:
-            errors.append("decoder_first/last_pipeline_num_layers need pipeline_model_parallel_size > 1")
-            return
-        per = [None] * pp
-        rest, stages = L, pp
-        for idx, n in ((0, first), (pp - 1, last)):
-            if n is not None:
-                if n < 1 or n % lay.vpp:
-                    errors.append(f"{n} layers on pipeline rank {idx} must be >= 1 and divisible by VPP={lay.vpp}")
-                    return
-                per[idx] = n
-                rest -= n
-                stages -= 1
-        if stages == 0 and rest != 0 or stages and (rest <= 0 or rest % stages or (rest // stages) % lay.vpp):
-            errors.append(f"after the first/last stages, {rest} decoder layers do not split evenly over the "
-                          f"{stages} middle pipeline rank(s) (and their VPP={lay.vpp} chunks)")
-            return
-        per = [n if n is not None else rest // stages for n in per]
-        counts = [[per[p] // lay.vpp for p in range(pp)] for _ in range(lay.vpp)]
-        raw = None
+        raw = _chunks_from_layout_string(cfg, args, lay, str(text), errors)
     else:
-        total = L + acc_e + acc_l
-        if total % (pp * lay.vpp):
-            what = f"{L} decoder layers" + (" plus embedding/loss" if acc_e or acc_l else "")
-            errors.append(f"{what} do not split evenly over PP*VPP = {pp}*{lay.vpp} = {pp * lay.vpp} pipeline chunks "
-                          f"({total} % {pp * lay.vpp} = {total % (pp * lay.vpp)}); use "
-                          f"decoder_first/last_pipeline_num_layers or pipeline_model_parallel_layout")
-            return
-        n = total // (pp * lay.vpp)
-        counts = [[n] * pp for _ in range(lay.vpp)]
-        if acc_e:
-            counts[0][0] -= 1
-        if acc_l:
-            counts[-1][-1] -= 1
-        raw = None
+        if first is not None or last is not None:
+            counts = _counts_first_last(cfg, lay, first, last, acc_e or acc_l, errors)
+        else:
+            counts = _counts_uniform(cfg, lay, acc_e, acc_l, errors)
+        raw = None if counts is None else _chunks_from_counts(counts, lay)
+    if raw is not None:
+        lay.chunks = _number_layers(raw)
 
-    if raw is None:
-        raw = []
-        for v in range(lay.vpp):
-            for p in range(pp):
-                raw.append(["t"] * counts[v][p])
-        raw[0].insert(0, "E")
-        if lay.mtp:
-            raw[-1] += ["m"] * lay.mtp
-        raw[-1].append("L")
+
+def _chunks_from_layout_string(cfg: Hy3Config, args: dict, lay: Layout, text: str, errors: list[str]):
+    """Chunks of "E"/"t"/"m"/"L" from an explicit pipeline_model_parallel_layout (sets lay.vpp), or None."""
+    pp = lay.pp
+    try:
+        raw = parse_pipeline_layout(text)
+    except ValueError as e:
+        errors.append(f"pipeline_model_parallel_layout {text!r}: {e}")
+        return None
+    if len(raw) % pp:
+        errors.append(f"pipeline_model_parallel_layout has {len(raw)} stages, not a multiple of PP={pp}")
+        return None
+    vpp = len(raw) // pp
+    if args.get("virtual_pipeline_model_parallel_size") not in (None, vpp):
+        errors.append(f"pipeline_model_parallel_layout implies VPP={vpp}, but "
+                      f"virtual_pipeline_model_parallel_size is {args['virtual_pipeline_model_parallel_size']}")
+    lay.vpp = vpp
+    flat = [x for c in raw for x in c]
+    problems = []
+    if flat.count("t") != cfg.num_layers:
+        problems.append(f"has {flat.count('t')} decoder layers (t), the model has {cfg.num_layers}")
+    if flat.count("m") != lay.mtp:
+        problems.append(f"has {flat.count('m')} MTP layers (m), mtp_num_layers is {lay.mtp}")
+    if flat.count("E") != 1 or flat[0] != "E":
+        problems.append("must start with the embedding E, exactly once")
+    if flat.count("L") != 1 or flat[-1] != "L":
+        problems.append("must end with the loss L, exactly once")
+    if "m" in flat and "t" in flat[flat.index("m"):]:
+        problems.append("decoder layers must all come before the MTP layers")
+    if any("m" in c and k // pp != vpp - 1 for k, c in enumerate(raw)):
+        problems.append("MTP layers must sit in the last virtual stage of their pipeline rank")
+    if problems:
+        errors.append(f"pipeline_model_parallel_layout {text!r}: " + "; ".join(problems))
+        return None
+    return raw
+
+
+def _counts_first_last(cfg: Hy3Config, lay: Layout, first, last, accounting: bool, errors: list[str]):
+    """counts[v][p] from decoder_first/last_pipeline_num_layers, or None."""
+    pp, vpp = lay.pp, lay.vpp
+    if accounting:
+        errors.append("decoder_first/last_pipeline_num_layers cannot be combined with account_for_*_in_pipeline_split")
+        return None
+    if pp == 1:
+        errors.append("decoder_first/last_pipeline_num_layers need pipeline_model_parallel_size > 1")
+        return None
+    per = [None] * pp
+    rest, stages = cfg.num_layers, pp
+    for idx, n in ((0, first), (pp - 1, last)):
+        if n is not None:
+            if n < 1 or n % vpp:
+                errors.append(f"{n} layers on pipeline rank {idx} must be >= 1 and divisible by VPP={vpp}")
+                return None
+            per[idx] = n
+            rest -= n
+            stages -= 1
+    if stages == 0 and rest != 0 or stages and (rest <= 0 or rest % stages or (rest // stages) % vpp):
+        errors.append(f"after the first/last stages, {rest} decoder layers do not split evenly over the "
+                      f"{stages} middle pipeline rank(s) (and their VPP={vpp} chunks)")
+        return None
+    per = [n if n is not None else rest // stages for n in per]
+    return [[per[p] // vpp for p in range(pp)] for _ in range(vpp)]
+
+
+def _counts_uniform(cfg: Hy3Config, lay: Layout, acc_e: bool, acc_l: bool, errors: list[str]):
+    """counts[v][p] for an even split (embedding/loss counted as layers when asked), or None."""
+    chunks = lay.pp * lay.vpp
+    total = cfg.num_layers + acc_e + acc_l
+    if total % chunks:
+        what = f"{cfg.num_layers} decoder layers" + (" plus embedding/loss" if acc_e or acc_l else "")
+        errors.append(f"{what} do not split evenly over PP*VPP = {lay.pp}*{lay.vpp} = {chunks} pipeline chunks "
+                      f"({total} % {chunks} = {total % chunks}); use "
+                      f"decoder_first/last_pipeline_num_layers or pipeline_model_parallel_layout")
+        return None
+    counts = [[total // chunks] * lay.pp for _ in range(lay.vpp)]
+    if acc_e:
+        counts[0][0] -= 1
+    if acc_l:
+        counts[-1][-1] -= 1
+    return counts
+
+
+def _chunks_from_counts(counts: list[list[int]], lay: Layout) -> list[list]:
+    """Chunks in Megatron's order (k = v*PP + p): embedding first, MTP and loss last."""
+    raw = [["t"] * counts[v][p] for v in range(lay.vpp) for p in range(lay.pp)]
+    raw[0].insert(0, "E")
+    raw[-1] += ["m"] * lay.mtp
+    raw[-1].append("L")
+    return raw
+
+
+def _number_layers(raw: list[list]) -> list[list]:
+    """Replace each "t" by its decoder layer id, counting in chunk order."""
     layer = 0
     chunks = []
     for c in raw:
         out = []
         for x in c:
-            if x == "t":
-                out.append(layer)
-                layer += 1
-            else:
-                out.append(x)
+            out.append(layer if x == "t" else x)
+            layer += x == "t"
         chunks.append(out)
-    lay.chunks = chunks
+    return chunks
+
+
+def layout_string(counts: list[int], mtp: int) -> str:
+    """A pipeline_model_parallel_layout for chunk layer counts (Megatron's chunk order), with the
+    embedding on the first chunk and MTP and loss on the last: [3, 4, 4, 3] -> "Et*3|t*4|t*4|t*3L"."""
+    parts = []
+    for k, n in enumerate(counts):
+        s = ("E" if k == 0 else "") + (f"t*{n}" if n > 1 else "t" * n)
+        if k == len(counts) - 1:
+            s += "m" * mtp + "L"
+        parts.append(s)
+    return "|".join(parts)

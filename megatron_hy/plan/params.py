@@ -139,11 +139,13 @@ def lora_params(part: Part, rank: int, targets: set[str], tp: int, ep: int) -> f
 
 @dataclass
 class RankParams:
-    """Elements held by one GPU of pipeline rank `pp_rank`."""
+    """Elements held by one GPU of pipeline rank `pp_rank` (every TP and EP rank of a stage holds the
+    same counts: heads, vocabulary, experts and expert widths divide evenly). Base counts are exact;
+    adapter counts are estimates (see lora_params)."""
     pp_rank: int
-    dense: float = 0.0        # non-expert trainable (sharded over DP*CP by the distributed optimizer)
-    expert: float = 0.0       # expert trainable (sharded over expert-DP)
-    buffer: float = 0.0
+    dense: int = 0            # non-expert trainable (sharded over DP*CP by the distributed optimizer)
+    expert: int = 0           # expert trainable (sharded over expert-DP)
+    buffer: int = 0           # the routers' expert bias
     lora_dense: float = 0.0
     lora_expert: float = 0.0
     moe_layers: int = 0
@@ -151,17 +153,27 @@ class RankParams:
     mtp_layers: int = 0
 
     @property
-    def total(self) -> float:
+    def total(self) -> int:
         return self.dense + self.expert + self.buffer
 
 
-def rank_params(mp: ModelParams, lay: Layout, p: int, lora_rank: int = 0, targets: set[str] = frozenset()) -> RankParams:
+def padded_vocab(vocab: int, tp: int) -> int:
+    return -(-vocab // tp) * tp
+
+
+def rank_params(mp: ModelParams, lay: Layout, p: int, lora_rank: int = 0, targets: set[str] = frozenset(),
+                vocab: int | None = None) -> RankParams:
     r = RankParams(p)
     tp, ep_etp = lay.tp, lay.ep * lay.etp
 
+    def vocab_parallel(n: int) -> int:   # embedding / output layer rows, padded to a multiple of TP
+        return n // vocab * padded_vocab(vocab, tp) // tp if vocab else n // tp
+
+    embedding = vocab_parallel(mp.embedding)
+
     def add_layer(part: Part):
-        r.dense += part.tp / tp + part.rep
-        r.expert += part.expert / ep_etp
+        r.dense += part.tp // tp + part.rep
+        r.expert += part.expert // ep_etp
         r.buffer += part.buffer
         if lora_rank:
             n_exp = lora_params(Part(linears={k: v for k, v in part.linears.items() if k.startswith("expert_")}),
@@ -177,9 +189,9 @@ def rank_params(mp: ModelParams, lay: Layout, p: int, lora_rank: int = 0, target
             r.dense_layers += 1
     has_mtp = lay.rank_has(p, "m")
     if lay.rank_has(p, "E") or has_mtp:   # an MTP stage keeps its own copy of the embedding
-        r.dense += mp.embedding / tp
+        r.dense += embedding
     if lay.rank_has(p, "L"):
-        r.dense += mp.output / tp + mp.final_norm
+        r.dense += vocab_parallel(mp.output) + mp.final_norm
     if has_mtp:
         for k in range(lay.mtp):
             add_layer(mp.layers[mp.num_layers + k])

@@ -1,4 +1,5 @@
-"""`hy3 plan`: check a recipe's layout against Hy3 and its cluster, count parameters, estimate memory."""
+"""`hy3 plan`: check a recipe's layout against Hy3 and its cluster, count parameters, estimate GPU and host
+memory and the step time. The report and JSON are in report.py."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..config import Hy3Config, load_config
-from . import memory
+from . import host, memory
+from .cost import StepTime, step_time
 from .layout import Layout, build_layout
 from .params import ModelParams, count_params, lora_targets, rank_params
 from .recipe import Recipe
@@ -25,7 +27,12 @@ class Plan:
     layout: Layout | None = None
     model: ModelParams | None = None
     ranks: list = field(default_factory=list)     # RankMemory per pipeline rank
+    stage_params: list = field(default_factory=list)   # RankParams per pipeline rank
     capacity_gib: float = 0.0
+    nodes: list = field(default_factory=list)     # host.NodeHost, one per distinct node
+    host_capacity_gib: float | None = None        # None: the recipe does not say how much the nodes have
+    precision: memory.Precision | None = None
+    step: StepTime | None = None
 
     @property
     def valid(self) -> bool:
@@ -36,8 +43,22 @@ class Plan:
         return max(self.ranks, key=lambda r: r.total_gib) if self.ranks else None
 
     @property
-    def fits(self) -> bool:
+    def worst_node(self):
+        return max(self.nodes, key=lambda n: n.total_gib) if self.nodes else None
+
+    @property
+    def fits_gpu(self) -> bool:
         return bool(self.ranks) and self.worst.total_gib <= self.capacity_gib
+
+    @property
+    def fits_host(self) -> bool:
+        """True when the nodes' host memory holds the run, or when the recipe does not say how much they have."""
+        return self.host_capacity_gib is None or (bool(self.nodes)
+                                                  and self.worst_node.total_gib <= self.host_capacity_gib)
+
+    @property
+    def fits(self) -> bool:
+        return self.fits_gpu and self.fits_host
 
     @property
     def ok(self) -> bool:
@@ -48,7 +69,8 @@ class Plan:
         if not self.valid:
             return "invalid layout"
         if not self.fits:
-            return "does not fit"
+            where = " and ".join(w for w, ok in (("GPU", self.fits_gpu), ("host", self.fits_host)) if not ok)
+            return f"does not fit ({where} memory)"
         share = self.worst.total_gib / self.capacity_gib
         return "fits (tight)" if share > memory.TIGHT else "fits"
 
@@ -80,12 +102,17 @@ def _hy3_moe_settings(args: dict, warnings: list[str]) -> None:
         warnings.append(f"moe_token_dispatcher_type is {args['moe_token_dispatcher_type']!r}; the recipes use alltoall")
 
 
-def plan_recipe(recipe: Recipe, cfg: Hy3Config | None = None) -> Plan:
+def plan_recipe(recipe: Recipe, cfg: Hy3Config | None = None, tflops: float | None = None,
+                check_flags: bool = True, timed: bool = True) -> Plan:
+    """Check a recipe and estimate its memory (GPU and host) and step time. The search passes
+    check_flags=False (it checks its winners in full) and timed=False (it times only what fits)."""
     cfg = cfg or load_config(DEFAULT_CONFIG)
     plan = Plan(recipe, cfg)
     args = recipe.args
-    plan.errors += check_args(args, "sft", where=f"{recipe.path}: args", lines=recipe.lines)
+    if check_flags:
+        plan.errors += check_args(args, "sft", where=f"{recipe.path}: args", lines=recipe.lines)
     plan.capacity_gib = memory.capacity_gib(recipe.cluster.gpu_memory_gb)
+    plan.host_capacity_gib = host.host_capacity_gib(recipe.cluster.host_memory_gb)
     _hy3_moe_settings(args, plan.warnings)
     lay = build_layout(cfg, args, recipe.cluster.world_size, plan.errors, plan.warnings)
     plan.layout = lay
@@ -96,93 +123,53 @@ def plan_recipe(recipe: Recipe, cfg: Hy3Config | None = None) -> Plan:
     if lay is None or not lay.chunks or lay.edp < 1 or cfg.num_experts % lay.ep or lay.mtp > cfg.num_mtp_layers:
         return plan      # sizes that do not even tile the GPUs: no per-GPU memory to speak of
     try:
-        prec = memory.precision_from_args(args)
+        plan.precision = memory.precision_from_args(args)
     except KeyError as e:
         plan.errors.append(f"unknown dtype {e} in main_grads_dtype/main_params_dtype/exp_avg_dtype/exp_avg_sq_dtype")
         return plan
+    _offload_rules(args, plan)
+    _estimate(plan, lora)
+    if timed:
+        add_step_time(plan, tflops)
+    return plan
+
+
+def _offload_rules(args: dict, plan: Plan) -> None:
+    f = args.get("optimizer_offload_fraction", 1.0)
+    if args.get("optimizer_cpu_offload") and not (isinstance(f, (int, float)) and 0 <= f <= 1):
+        plan.errors.append(f"optimizer_offload_fraction must be between 0 and 1, got {f!r}")
+    if args.get("optimizer_cpu_offload") and args.get("tuner_type", "full") != "full":
+        plan.warnings.append("optimizer_cpu_offload with LoRA: the adapters' optimizer states are tiny; "
+                             "offloading them only slows the step")
+    if plan.precision.offload and not plan.precision.distributed:
+        plan.errors.append("optimizer_cpu_offload is modelled with the distributed optimizer only "
+                           "(use_distributed_optimizer: true)")
+
+
+def _estimate(plan: Plan, lora: bool) -> None:
+    """Per-stage parameters and memory, and per-node host memory."""
+    cfg, lay, args, cluster = plan.cfg, plan.layout, plan.recipe.args, plan.recipe.cluster
     rank = int(args.get("lora_rank", 8)) if lora else 0
     if lora and args.get("target_regex"):
         plan.warnings.append("target_regex: adapter memory is estimated as if every linear were targeted")
     targets = lora_targets(args)
     for p in range(lay.pp):
-        rp = rank_params(plan.model, lay, p, rank, targets)
-        plan.ranks.append(memory.rank_memory(cfg, plan.model, lay, rp, args, prec, lora))
-    return plan
+        rp = rank_params(plan.model, lay, p, rank, targets, vocab=cfg.vocab_size)
+        plan.stage_params.append(rp)
+        plan.ranks.append(memory.rank_memory(cfg, plan.model, lay, rp, args, plan.precision, lora))
+    if lay.world % cluster.gpus_per_node == 0:
+        plan.nodes = host.node_hosts(lay, plan.ranks, cluster.gpus_per_node, args)
+    if plan.precision.offload and plan.host_capacity_gib is None and plan.nodes:
+        plan.warnings.append(f"optimizer_cpu_offload keeps {plan.worst_node.total_gib:.0f} GiB on the host of the "
+                             f"fullest node: set cluster.host_memory_gb (or --host-mem) to check that it fits")
 
 
-def _b(n: float) -> str:
-    return f"{n / 1e9:.2f}B"
-
-
-def format_plan(plan: Plan) -> str:
-    r, c = plan.recipe, plan.recipe.cluster
-    out = [f"recipe   {r.path}"]
-    if r.description:
-        out.append(f"         {r.description.splitlines()[0]}")
-    out.append(f"cluster  {c.nodes} node(s) x {c.gpus_per_node} GPU = {c.world_size} GPUs, "
-               f"{c.gpu_memory_gb:g} GB each ({plan.capacity_gib:.1f} GiB usable){' ' + c.gpu if c.gpu else ''}")
-    lay = plan.layout
-    if lay:
-        mb = f", {lay.microbatches} micro-batches/step" if lay.microbatches else ""
-        out.append(f"layout   {lay.describe()}; seq {lay.seq}, micro batch {lay.mbs}, global batch {lay.gbs}{mb}")
-        if lay.chunks:
-            out += ["         " + s for s in lay.stage_summary()]
-        pad = -(-plan.cfg.vocab_size // lay.tp) * lay.tp
-        if pad != plan.cfg.vocab_size:
-            out.append(f"         vocab padded {plan.cfg.vocab_size} -> {pad} for TP={lay.tp}")
-    m = plan.model
-    if m:
-        out.append(f"params   {_b(m.total(False))} without MTP + {_b(m.mtp)} MTP = {_b(m.total(True))} "
-                   f"(routed experts {_b(m.experts)})")
-    if plan.ranks:
-        tuner = plan.recipe.args.get("tuner_type", "full")
-        out.append(f"memory   per GPU, GiB ({tuner}; activations x{memory.ACTIVATION_CALIBRATION} calibration, "
-                   f"+{memory.RESERVE_GIB:g} reserve)")
-        out.append("         rank   params   weights  grads  optim  activ.  total")
-        for rm in plan.ranks:
-            b = rm.breakdown_gib()
-            out.append(f"         pp{rm.pp_rank:<4} {_b(rm.params):>7}  {b['weights']:7.1f} {b['gradients']:6.1f} "
-                       f"{b['optimizer']:6.1f} {b['activations_calibrated']:7.1f} {b['total']:6.1f}")
-    for w in plan.warnings:
-        out.append(f"warning  {w}")
-    for e in plan.errors:
-        out.append(f"error    {e}")
-    verdict = plan.verdict
-    if plan.ranks:
-        verdict += f": {plan.worst.total_gib:.1f} of {plan.capacity_gib:.1f} GiB on the fullest GPU (pp{plan.worst.pp_rank})"
-    out.append(f"verdict  {verdict}")
-    return "\n".join(out)
-
-
-def plan_json(plan: Plan) -> str:
-    m, w = plan.model, plan.worst
-    trained_mtp = bool(plan.layout and plan.layout.mtp)
-    d = {
-        "recipe": plan.recipe.path,
-        "valid": plan.valid,
-        "fits": plan.fits if plan.valid else False,
-        "verdict": plan.verdict,
-        "errors": plan.errors,
-        "warnings": plan.warnings,
-        "cluster": {"nodes": plan.recipe.cluster.nodes, "gpus_per_node": plan.recipe.cluster.gpus_per_node,
-                    "gpu_memory_gb": plan.recipe.cluster.gpu_memory_gb, "capacity_gib": plan.capacity_gib},
-        "layout": None,
-        "params_total": m.total(True) if m else None,
-        "params_without_mtp": m.total(False) if m else None,
-        "params_mtp": m.mtp if m else None,
-        "params_trained": m.total(trained_mtp) if m else None,
-        "params_per_gpu_max": round(max(r.params for r in plan.ranks)) if plan.ranks else None,
-        "memory_per_gpu_gib": round(w.total_gib, 2) if w else None,
-        "memory_per_gpu_gb": round(w.total_gib * memory.GIB / 1e9, 2) if w else None,
-        "memory_by_rank_gib": [{"pp_rank": r.pp_rank, **{k: round(v, 2) for k, v in r.breakdown_gib().items()}}
-                               for r in plan.ranks],
-        "calibration": {"activations": memory.ACTIVATION_CALIBRATION, "reserve_gib": memory.RESERVE_GIB},
-    }
-    lay = plan.layout
-    if lay:
-        d["layout"] = {"tp": lay.tp, "pp": lay.pp, "vpp": lay.vpp, "cp": lay.cp, "dp": lay.dp, "ep": lay.ep,
-                       "etp": lay.etp, "sequence_parallel": lay.sp, "seq_length": lay.seq, "micro_batch": lay.mbs,
-                       "global_batch": lay.gbs, "micro_batches_per_step": lay.microbatches,
-                       "padded_vocab": -(-plan.cfg.vocab_size // lay.tp) * lay.tp,
-                       "stages": lay.stage_summary() if lay.chunks else []}
-    return json.dumps(d, indent=2)
+def add_step_time(plan: Plan, tflops: float | None = None) -> None:
+    """The step-time model (cost.py) for a plan whose memory has been estimated."""
+    if not plan.ranks:
+        return
+    cluster, args = plan.recipe.cluster, plan.recipe.args
+    lora = args.get("tuner_type", "full") != "full"
+    plan.step = step_time(plan.cfg, plan.model, plan.layout, plan.stage_params, plan.ranks, args,
+                          cluster.gpu_memory_gb, cluster.gpus_per_node, plan.precision.offload, plan.precision.grad,
+                          lora, tflops=tflops)

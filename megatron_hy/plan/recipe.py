@@ -5,6 +5,7 @@
       gpus_per_node: 8
       gpu_memory_gb: 80   # per GPU, as sold (80 for H100/H800/A100-80G, 96 for H20, 141 for H200)
       gpu: H100           # free text, for people
+      host_memory_gb: 2048  # optional: host RAM per node, in GiB as `free -g` reports it
     env:                  # optional extra environment for every node
       PYTORCH_CUDA_ALLOC_CONF: expandable_segments:True
     args:                 # `megatron sft` arguments, exactly as ms-swift names them
@@ -24,7 +25,9 @@ import yaml
 
 from ..errors import Hy3Error
 
-CLUSTER_KEYS = {"nodes": int, "gpus_per_node": int, "gpu_memory_gb": (int, float), "gpu": str}
+CLUSTER_KEYS = {"nodes": int, "gpus_per_node": int, "gpu_memory_gb": (int, float), "gpu": str,
+                "host_memory_gb": (int, float)}
+OPTIONAL_CLUSTER_KEYS = {"gpu", "host_memory_gb"}
 TOP_KEYS = {"cluster", "env", "args"}
 
 
@@ -34,6 +37,7 @@ class Cluster:
     gpus_per_node: int
     gpu_memory_gb: float
     gpu: str = ""
+    host_memory_gb: float | None = None
 
     @property
     def world_size(self) -> int:
@@ -111,14 +115,16 @@ def parse_cluster(d: dict, where: str) -> Cluster:
     if unknown:
         raise Hy3Error(f"{where}: unknown key(s) {sorted(unknown)}; expected {sorted(CLUSTER_KEYS)}")
     for k, t in CLUSTER_KEYS.items():
-        if k == "gpu":
-            continue
         v = d.get(k)
+        if k == "gpu" or v is None and k in OPTIONAL_CLUSTER_KEYS:
+            continue
         if v is None:
             raise Hy3Error(f"{where}: missing {k!r}")
         if isinstance(v, bool) or not isinstance(v, t) or v <= 0:
             raise Hy3Error(f"{where}.{k}: expected a positive number, got {v!r}")
-    return Cluster(int(d["nodes"]), int(d["gpus_per_node"]), float(d["gpu_memory_gb"]), str(d.get("gpu", "")))
+    host = d.get("host_memory_gb")
+    return Cluster(int(d["nodes"]), int(d["gpus_per_node"]), float(d["gpu_memory_gb"]), str(d.get("gpu", "")),
+                   None if host is None else float(host))
 
 
 def parse_override(item: str) -> tuple[str, object]:
@@ -137,18 +143,21 @@ def parse_override(item: str) -> tuple[str, object]:
 
 
 def with_overrides(recipe: Recipe, sets: list[str] = (), nodes: int | None = None, gpus_per_node: int | None = None,
-                   gpu_memory_gb: float | None = None) -> Recipe:
+                   gpu_memory_gb: float | None = None, host_memory_gb: float | None = None) -> Recipe:
     """A copy of the recipe with argument overrides (`--set`) and cluster overrides applied."""
     args = copy.deepcopy(recipe.args)
     for item in sets or ():
         key, value = parse_override(item)
         args[key] = value
     cluster = recipe.cluster
-    for name, v in (("nodes", nodes), ("gpus_per_node", gpus_per_node), ("gpu_memory_gb", gpu_memory_gb)):
+    flags = {"nodes": "--nodes", "gpus_per_node": "--gpus-per-node", "gpu_memory_gb": "--gpu-mem",
+             "host_memory_gb": "--host-mem"}
+    for name, v in (("nodes", nodes), ("gpus_per_node", gpus_per_node), ("gpu_memory_gb", gpu_memory_gb),
+                    ("host_memory_gb", host_memory_gb)):
         if v is not None:
             if v <= 0:
-                raise Hy3Error(f"--{name.replace('_', '-')}: expected a positive number, got {v}")
-            cluster = replace(cluster, **{name: type(getattr(cluster, name))(v)})
+                raise Hy3Error(f"{flags[name]}: expected a positive number, got {v}")
+            cluster = replace(cluster, **{name: int(v) if name in ("nodes", "gpus_per_node") else float(v)})
     return replace(recipe, args=args, cluster=cluster)
 
 

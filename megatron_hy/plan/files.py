@@ -1,0 +1,42 @@
+"""New output files for `hy3 plan` (a written recipe, a plot): made under a temporary name next to the
+target and published under the final name only when complete, never over an existing file."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+from ..errors import Hy3Error
+
+
+def check_new(path: str | Path, suffix: str | None = None) -> Path:
+    p = Path(path)
+    if suffix and p.suffix.lower() != suffix:
+        raise Hy3Error(f"{p}: expected a {suffix} file name")
+    if p.exists():
+        raise Hy3Error(f"{p}: already exists; choose a new file name (hy3 never overwrites a file it did not make)")
+    if not p.parent.is_dir():
+        raise Hy3Error(f"{p.parent}: no such directory")
+    return p
+
+
+def write_new(path: str | Path, write: Callable[[Path], None]) -> None:
+    """write(tmp) fills a temporary file; it then appears as `path`, or the call fails if `path` exists."""
+    path = check_new(path)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        write(tmp)
+        try:
+            os.link(tmp, path)              # atomic, and refuses to replace a file that appeared meanwhile
+        except FileExistsError:
+            raise Hy3Error(f"{path}: already exists; choose a new file name") from None
+        except OSError:                     # a filesystem without hard links
+            with open(tmp, "rb") as src, open(path, "xb") as dst:
+                shutil.copyfileobj(src, dst)
+    finally:
+        tmp.unlink(missing_ok=True)
