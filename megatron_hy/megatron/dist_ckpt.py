@@ -97,7 +97,23 @@ def _layout_rank(rank: int, world: int, cfg_dict: dict, padded_vocab: int) -> di
                                              (1,), (0,), replica_id=0).unique_key)
         elif isinstance(node, ShardedObject):
             objects.append(node.unique_key)
+    for name, _ in model.named_modules():
+        if name.startswith("mtp.layers.") and name.endswith(".self_attention.core_attention"):
+            # In the TE spec the attention core is TE's DotProductAttention, a TE module with an
+            # `_extra_state`. megatron-core's TEDotProductAttention.sharded_state_dict leaves it out,
+            # but MultiTokenPredictionBlock.sharded_state_dict also adds its layers' plain
+            # state_dict, which has it, so the TE model asks the checkpoint for it in MTP layers.
+            objects.append(ShardedObject(name + "._extra_state", None, (1,), (0,), replica_id=0).unique_key)
     return {"pieces": sorted(pieces, key=lambda p: (p.key, p.offsets)), "objects": sorted(set(objects))}
+
+
+def empty_extra_state():
+    """What a transformer-engine module saves as `_extra_state` without FP8: TE 2.x
+    TransformerEngineBaseModule.get_extra_state returns `torch.empty(0, dtype=torch.uint8)` (and fusible
+    ops such as RMSNorm the same); set_extra_state returns at once for an empty tensor."""
+    import torch
+
+    return torch.empty(0, dtype=torch.uint8)
 
 
 def megatron_layout(cfg: Hy3Config, padded_vocab: int, in_process: bool = False) -> dict:
@@ -272,7 +288,7 @@ def hf_to_mcore(hf_dir: str | Path, out: str | Path, workers: int = 4, dtype: st
     by_size = -(-sum(elem_bytes.values()) // parse_size(max_file_size))
     n_files = max(1, min(len(chunks), max(workers, by_size)))
     groups = _balance(chunks, n_files)
-    objects = [dcp.ObjectItem(k, [None]) for k in layout["objects"]]
+    objects = [dcp.ObjectItem(k, [empty_extra_state()]) for k in layout["objects"]]
     names = [f"__{i}_0.distcp" for i in range(len(groups))]
     inputs = sorted({hf.source(n)[0] for n in hf.names()})
     stamp = [(str(p), os.stat(p).st_size, os.stat(p).st_mtime_ns) for p in inputs]
