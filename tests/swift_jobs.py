@@ -15,8 +15,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+
+TESTS = Path(__file__).resolve().parent
+REPO = TESTS.parent
 
 
 # --- ms-swift's argument object, from its own defaults ---------------------------------------------
@@ -133,8 +139,6 @@ def run_layout(rank: int, world: int, spec: dict) -> dict:
     import swift_harness
 
     swift_harness.setup()
-    import torch
-
     out = Path(spec["out"])
     tp, ep = spec["tp"], spec["ep"]
     parallel = dict(tensor_model_parallel_size=tp, expert_model_parallel_size=ep, pipeline_model_parallel_size=1)
@@ -152,11 +156,10 @@ def run_layout(rank: int, world: int, spec: dict) -> dict:
 
     import_external_file(spec["plugin"])      # what --custom_register_path does
     _patch_mcore_bridge()                      # what ms-swift's argument parsing does for mcore-bridge
-    from swift.megatron.utils.megatron_lm_utils import load_mcore_checkpoint, save_mcore_checkpoint
     from swift.megatron.utils import prepare_mcore_model
+    from swift.megatron.utils.megatron_lm_utils import load_mcore_checkpoint, save_mcore_checkpoint
 
-    args = swift_args(**parallel)
-    _initialize_mpu(args)
+    _initialize_mpu(swift_args(**parallel))
 
     # 1. the builder, from either spelling of config.json
     res["built"] = {name: describe(build(swift_args(**parallel), spec[name])) for name in ("inner", "tencent")}
@@ -186,29 +189,68 @@ def run_layout(rank: int, world: int, spec: dict) -> dict:
         model.config.bridge.save_weights([model], str(out / f"export-{name}"), args=eargs, processor=processor)
 
     # 4. LoRA as ms-swift trains it: mcore-bridge's tuner, nonzero factors, ms-swift's two savers,
-    #    mcore-bridge's merge exported to HF
-    if spec.get("lora_base"):
-        lora = dict(tuner_type="lora", lora_rank=4, lora_alpha=8, lora_dropout=0.0,
-                    target_modules=["all-linear", "all-router"], torch_dtype=torch.float32)
-        largs = swift_args(**parallel, **lora)
-        m = build(largs, spec["lora_base"])
-        m.config.bridge.load_weights([m], spec["lora_base"])
-        peft_model = prepare_mcore_model(largs, m)
-        res["lora_factors"] = fill_lora(peft_model, seed=17)
-        res["lora_targets"] = sorted({n.split(".lora_A.")[0].split(".")[-1] for n, _ in peft_model.named_parameters()
-                                      if ".lora_A." in n})
-        save_mcore_checkpoint(swift_args(**parallel, **lora, output_dir=str(out / "lora-dist")), [peft_model],
-                              iteration=1, output_dir=str(out / "lora-dist"), peft_format=True)
+    #    mcore-bridge's merge exported to HF (`megatron export --merge_lora true --to_hf true`)
+    if spec.get("lora"):
+        res.update(_lora(spec["lora"], parallel, out / "lora", rank))
+    if spec.get("zero_adapter_base"):
+        # an adapter straight from mcore-bridge's tuner (lora_B starts at zero), saved by ms-swift
+        largs = swift_args(**parallel, **_lora_args(["all-linear", "all-router"]))
+        m = build(largs, spec["zero_adapter_base"])
+        save_mcore_checkpoint(largs, [prepare_mcore_model(largs, m)], iteration=1,
+                              output_dir=str(out / "zero-adapter"), peft_format=True)
         if rank == 0:
-            (out / "lora-dist" / "args.json").write_text(json.dumps(_json_args(largs), indent=2))
-        bridge = m.config.bridge
-        processor = get_model_processor(spec["lora_base"], load_model=False)[1]
-        bridge.save_weights([peft_model], str(out / "lora-st"), peft_format=True, args=largs, processor=processor)
-        if rank == 0:
-            (out / "lora-st" / "args.json").write_text(json.dumps(_json_args(largs), indent=2))
-        merged = peft_model.merge_and_unload()
-        bridge.save_weights([merged], str(out / "lora-merged"))
+            (out / "zero-adapter" / "args.json").write_text(json.dumps(_json_args(largs), indent=2))
+    if spec.get("conflicts"):
+        res["conflicts"] = _conflicts(spec, parallel)
     return res
+
+
+def _lora_args(targets):
+    import torch
+
+    return dict(tuner_type="lora", lora_rank=4, lora_alpha=8, lora_dropout=0.0, target_modules=list(targets),
+                torch_dtype=torch.float32)
+
+
+def _lora(spec: dict, parallel: dict, out: Path, rank: int) -> dict:
+    from swift.megatron.utils import prepare_mcore_model
+    from swift.megatron.utils.megatron_lm_utils import save_mcore_checkpoint
+    from swift.model import get_model_processor
+
+    largs = swift_args(**parallel, **_lora_args(spec["targets"]))
+    m = build(largs, spec["base"])
+    bridge = m.config.bridge
+    bridge.load_weights([m], spec["base"])
+    peft_model = prepare_mcore_model(largs, m)
+    res = {"lora_factors": fill_lora(peft_model, seed=17),
+           "lora_targets": sorted({n.split(".lora_A.")[0].split(".")[-1] for n, _ in peft_model.named_parameters()
+                                   if ".lora_A." in n})}
+    save_mcore_checkpoint(largs, [peft_model], iteration=1, output_dir=str(out / "dist"), peft_format=True)
+    processor = get_model_processor(spec["base"], load_model=False)[1]
+    bridge.save_weights([peft_model], str(out / "safetensors"), peft_format=True, args=largs, processor=processor)
+    if rank == 0:
+        for d in ("dist", "safetensors"):   # ms-swift's trainer writes args.json into the run directory
+            (out / d / "args.json").write_text(json.dumps(_json_args(largs), indent=2))
+    merged = peft_model.merge_and_unload()
+    bridge.save_weights([merged], str(out / "merged"))
+    return res
+
+
+def _conflicts(spec: dict, parallel: dict) -> dict:
+    """What the plugin does with model settings given on the command line."""
+    found = {}
+    for name, hf, extra in (("qk_layernorm", "tencent", {"qk_layernorm": False}),
+                            ("moe_ffn", "inner", {"moe_ffn_hidden_size": 48})):
+        args = swift_args(**parallel)
+        args.megatron_extra_kwargs.update(extra)
+        try:
+            build(args, spec[hf])
+            found[name] = None
+        except Exception as e:
+            found[name] = f"{type(e).__name__}: {e}"
+    no_mtp = build(swift_args(**parallel, mtp_num_layers=0), spec["inner"])
+    found["mtp_off"] = getattr(no_mtp, "mtp", None) is None and no_mtp.config.mtp_num_layers is None
+    return found
 
 
 def _json_args(args) -> dict:
@@ -216,6 +258,61 @@ def _json_args(args) -> dict:
     from swift.utils import check_json_format
 
     return check_json_format({k: v for k, v in vars(args).items() if k != "megatron_model_meta"})
+
+
+# --- the test side: inputs, one driver process, results ---------------------------------------------------
+
+@dataclass
+class SwiftRun:
+    root: Path
+    mcore: dict          # our `hy3 convert hf-to-mcore` outputs, by source layout
+    results: dict        # layout -> [per-rank report] or the error text
+
+    def ranks(self, layout: str) -> list:
+        r = self.results[layout]
+        if isinstance(r, str):
+            raise AssertionError(f"the {layout} run of ms-swift/mcore-bridge failed:\n{r}")
+        return r
+
+    def out(self, layout: str) -> Path:
+        return self.root / layout
+
+
+def run_all(root: Path, inner: Path, outer: Path, tencent: Path, lora_base: Path, timeout: float = 900) -> SwiftRun:
+    """Convert the tiny checkpoints with `hy3 convert hf-to-mcore`, then run the TP1, TP2 and EP2 layouts
+    in one driver process (with the transformer_engine stand-in on its path)."""
+    from megatron_hy.plugins import swift_plugin_path
+
+    root = Path(root)
+    mcore = {}
+    for name, src in (("inner", inner), ("outer", outer)):
+        mcore[name] = root / f"mcore-{name}"
+        proc = subprocess.run([sys.executable, "-m", "megatron_hy.cli", "convert", "hf-to-mcore", str(src),
+                               str(mcore[name]), "--quiet"], capture_output=True, text=True, cwd=REPO, timeout=300)
+        if proc.returncode:
+            raise AssertionError(f"hy3 convert hf-to-mcore {src} failed:\n{proc.stderr}")
+    common = {"plugin": str(swift_plugin_path()), "inner": str(inner), "outer": str(outer), "tencent": str(tencent),
+              "mcore": {k: str(v) for k, v in mcore.items()}}
+    all_linear = {"base": str(lora_base), "targets": ["all-linear"]}
+    with_router = {"base": str(lora_base), "targets": ["all-linear", "all-router"]}
+    jobs = [dict(common, name="tp1", tp=1, ep=1, world=1, unpatched=True, conflicts=True, lora=all_linear,
+                 zero_adapter_base=str(inner)),
+            dict(common, name="tp2", tp=2, ep=1, world=2, lora=with_router),
+            dict(common, name="ep2", tp=1, ep=2, world=2, lora=with_router)]
+    for j in jobs:
+        j["out"] = str(root / j["name"])
+    spec, result = root / "spec.json", root / "results.pt"
+    spec.write_text(json.dumps({"jobs": jobs}, indent=2))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(TESTS / "te_standin"), str(TESTS), str(REPO)]),
+               TOKENIZERS_PARALLELISM="false", TRANSFORMERS_VERBOSITY="error")
+    env.pop("HY3_TEST_KILL_AFTER_BYTES", None)
+    proc = subprocess.run([sys.executable, str(Path(__file__)), str(spec), str(result)], capture_output=True,
+                          text=True, cwd=REPO, env=env, timeout=timeout)
+    if proc.returncode or not result.exists():
+        raise AssertionError(f"swift_jobs.py exited {proc.returncode}:\n{proc.stderr[-6000:]}")
+    import torch
+
+    return SwiftRun(root, mcore, torch.load(result, weights_only=False))
 
 
 def main(spec_path: str, result_path: str) -> None:
