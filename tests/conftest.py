@@ -135,6 +135,8 @@ TEST_RECIPE = """\
 cluster: {nodes: 1, gpus_per_node: 8, gpu_memory_gb: 141}
 args:
   tuner_type: lora
+  custom_register_path: megatron_hy/plugins/ms_swift.py
+  mtp_num_layers: 0
   tensor_model_parallel_size: 8
   sequence_parallel: true
   expert_model_parallel_size: 8

@@ -206,3 +206,25 @@ def test_bad_adapters_fail_clearly(base, swift_run, tmp_path):
     assert_one_error(run_cli("lora", "export-peft", "--adapter", str(tmp_path), "--base", str(base), out),
                      "not a LoRA adapter")
     assert not (tmp_path / "out").exists()
+
+
+def test_tiny_adapter_writer_matches_swift_formats(base, swift_run, tmp_path):
+    """`hy3 lora make-tiny` (the demo's adapters) writes the keys and shapes ms-swift writes, in both formats."""
+    from safetensors.torch import load_file
+    from torch.distributed.checkpoint import FileSystemReader
+
+    from megatron_hy.lora.tiny import write_tiny_adapter
+
+    kinds = ("attention", "dense", "shared", "experts", "mtp", "router")
+
+    def dist(root):
+        meta = FileSystemReader(str(root / "iter_0000001")).read_metadata().state_dict_metadata
+        return {k: tuple(v.size) for k, v in meta.items() if hasattr(v, "size")}
+
+    def st(root):
+        return {k: tuple(v.shape) for k, v in load_file(str(root / "adapter_model.safetensors")).items()}
+
+    mine = write_tiny_adapter(base, tmp_path / "mc", "mcore", kinds, saved_tp=2)
+    assert dist(mine) == dist(swift_adapter(swift_run, "tp2", "dist"))
+    mine = write_tiny_adapter(base, tmp_path / "sw", "swift-peft", kinds)
+    assert st(mine) == st(swift_adapter(swift_run, "tp2", "safetensors"))

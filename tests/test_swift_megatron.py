@@ -156,3 +156,16 @@ def test_config_to_swift_prints_the_plugin(tiny_inner):
     path = shlex.split(line.rstrip(" \\"))[1]
     assert path == str(swift_plugin_path()) and swift_plugin_path().is_file()
     assert "--moe_grouped_gemm true" in out   # with the MoE training settings
+
+
+def test_plugin_imports_where_megatron_cannot_run():
+    """On a machine without transformer-engine (plain `swift sft`, or this CPU box) the plugin registers the
+    templates and leaves mcore-bridge alone."""
+    from conftest import run_python
+
+    code = ("from swift.utils import import_external_file; import sys; "
+            f"import_external_file({str(swift_plugin_path())!r}); "
+            "from swift.template import TEMPLATE_MAPPING; "
+            "assert 'hy3' in TEMPLATE_MAPPING and 'hy3_preview' in TEMPLATE_MAPPING; "
+            "assert 'megatron_hy.megatron.swift_bridge' not in sys.modules; print('ok')")
+    assert assert_ok(run_python("-c", code)).stdout.strip().endswith("ok")

@@ -12,6 +12,7 @@ from .layout import Layout, build_layout
 from .params import ModelParams, count_params, lora_targets, rank_params
 from .recipe import Recipe
 from .swift_args import check_args
+from .swift_model import check as check_swift_model
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "assets" / "hy3_config.json"
 
@@ -85,6 +86,7 @@ def plan_recipe(recipe: Recipe, cfg: Hy3Config | None = None) -> Plan:
     plan = Plan(recipe, cfg)
     args = recipe.args
     plan.errors += check_args(args, "sft", where=f"{recipe.path}: args", lines=recipe.lines)
+    plan.errors += check_swift_model(args, cfg)
     plan.capacity_gib = memory.capacity_gib(recipe.cluster.gpu_memory_gb)
     _hy3_moe_settings(args, plan.warnings)
     lay = build_layout(cfg, args, recipe.cluster.world_size, plan.errors, plan.warnings)
