@@ -90,6 +90,7 @@ def test_swift_saved_checkpoint_converts_back_byte_exact(swift_run, tiny_inner, 
     assert_same_checkpoint(tiny_inner, tmp_path / "hf")
 
 
+@pytest.mark.filterwarnings("ignore:torch.distributed is unavailable")
 def test_swift_save_and_our_torch_dist_hold_the_same_objects(swift_run):
     """Same tensor keys, shapes and bytes, and the same `_extra_state` objects with the same content
     (transformer-engine's empty byte tensor) as ms-swift's own save of the model."""
