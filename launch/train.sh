@@ -1,11 +1,19 @@
 #!/usr/bin/env bash
 # Hy3 LoRA SFT with `megatron sft`, in plain shell: the run of recipes/lora-80g-2n-16k-mtp.yaml
 # (2 nodes x 8 GPUs of 80 GB, 16K tokens, all-linear LoRA, MTP on). `hy3 launch RECIPE` builds this from
-# any recipe and checks the layout first; this script is for clusters where only ms-swift is installed.
+# any recipe and checks the layout first; this script is for clusters driven from plain shell. Every node
+# needs ms-swift and megatron-hy (the Dockerfile's image has both): the Hy3 plugin for ms-swift lives in
+# megatron-hy, and Hy3 rows are encoded with `hy3 data encode`.
 #
 # Run the same command on every node (a shared filesystem holds the model, data and output):
 #   IP_LIST=10.0.0.1,10.0.0.2 MODEL=/shared/Hy3 DATASET=/shared/sft.jsonl OUTPUT_DIR=/shared/hy3-lora \
 #       bash launch/train.sh
+# DATASET: Hy3 rows (.jsonl/.json) are encoded by node 0 into OUTPUT_DIR/hy3-data/NAME (ms-swift's own
+# loader would drop reasoning_effort and reasoning_content) and trained as --cached_dataset with the
+# plugin's hy3 template (set TEMPLATE=hy3_preview for Hy3 preview); the other nodes wait for it. A
+# directory (from `hy3 data encode --swift-dataset`) is passed as --cached_dataset; anything else as --dataset.
+# PLUGIN: the plugin file (default: megatron_hy/plugins/ms_swift.py next to this script; for an installed
+# megatron-hy, `hy3 data plugin-path` prints it). HY3: the hy3 command (hy3).
 # IP_LIST: node addresses, master first. Each node finds its rank from its own address (`hostname -I`);
 # set LOCAL_IP (this node's address) or NODE_RANK where that does not work. No SSH between nodes is needed.
 # HOST_GPU_NUM: GPUs per node (8). MASTER_PORT: rendezvous port on the master (29500).
@@ -19,6 +27,10 @@ set -euo pipefail
 OUTPUT_DIR=${OUTPUT_DIR:-megatron_output/hy3-lora}
 HOST_GPU_NUM=${HOST_GPU_NUM:-8}
 MASTER_PORT=${MASTER_PORT:-29500}
+PLUGIN=${PLUGIN:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/megatron_hy/plugins/ms_swift.py}
+HY3=${HY3:-hy3}
+TEMPLATE=${TEMPLATE:-hy3}
+MAX_LENGTH=16384
 
 IFS=, read -r -a IPS <<< "${IP_LIST// /}"
 NNODES=${#IPS[@]}
@@ -43,12 +55,28 @@ export CUDA_DEVICE_MAX_CONNECTIONS=1
 export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
 export NCCL_DEBUG=${NCCL_DEBUG:-WARN}
 
+# Training data: Hy3 rows are encoded once, by node 0, into the run's directory.
+ENCODE=()
+if [[ "$DATASET" == *.jsonl || "$DATASET" == *.json ]]; then
+    NAME=$(basename "$DATASET"); NAME=${NAME%.*}
+    CACHED="$OUTPUT_DIR/hy3-data/$NAME"
+    ENCODE=("$HY3" data encode --tokenizer "$MODEL" "$DATASET" "$OUTPUT_DIR/hy3-data/$NAME.jsonl"
+            --swift-dataset "$CACHED" --max-length "$MAX_LENGTH")
+    DATA_ARGS=(--cached_dataset "$CACHED" --template "$TEMPLATE")
+elif [[ -d "$DATASET" ]]; then
+    DATA_ARGS=(--cached_dataset "$DATASET" --template "$TEMPLATE")
+else
+    DATA_ARGS=(--dataset "$DATASET")
+fi
+
 ARGS=(
     --model "$MODEL"
-    --dataset "$DATASET"
+    "${DATA_ARGS[@]}"
     --output_dir "$OUTPUT_DIR"
     --tuner_type lora
     --torch_dtype bfloat16
+    # the Hy3 plugin: mcore-bridge builds the model from config.json, Tencent's MTP key, both layouts
+    --custom_register_path "$PLUGIN"
     --mtp_num_layers 1
     # Hy3 MoE: sigmoid router, expert bias frozen for SFT, no aux loss, grouped GEMM, all-to-all dispatch
     --moe_router_load_balancing_type none
@@ -64,7 +92,7 @@ ARGS=(
     --pipeline_model_parallel_size 2
     --expert_model_parallel_size 8
     --expert_tensor_parallel_size 1
-    --max_length 16384
+    --max_length "$MAX_LENGTH"
     --packing true
     --micro_batch_size 1
     --global_batch_size 32
@@ -87,9 +115,23 @@ ARGS=(
 
 if [[ "${DRY_RUN:-0}" == 1 ]]; then
     echo "NPROC_PER_NODE=$NPROC_PER_NODE NNODES=$NNODES NODE_RANK=$NODE_RANK MASTER_ADDR=$MASTER_ADDR MASTER_PORT=$MASTER_PORT"
+    if (( ${#ENCODE[@]} )); then
+        printf '# node 0 first runs:'
+        printf ' %q' "${ENCODE[@]}"
+        printf '\n'
+    fi
     printf 'megatron sft'
     printf ' %q' "${ARGS[@]}"
     printf '\n'
     exit 0
+fi
+if (( ${#ENCODE[@]} )) && [[ ! -d "$CACHED" ]]; then
+    if [[ "$NODE_RANK" == 0 ]]; then
+        "${ENCODE[@]}"
+    else
+        echo "train.sh: waiting for node 0 to encode $DATASET into $CACHED" >&2
+        for _ in $(seq 1 1440); do [[ -d "$CACHED" ]] && break; sleep 5; done
+        [[ -d "$CACHED" ]] || { echo "train.sh: $CACHED did not appear in 2 hours; is node 0 running?" >&2; exit 1; }
+    fi
 fi
 exec megatron sft "${ARGS[@]}"

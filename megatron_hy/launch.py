@@ -20,7 +20,7 @@ import re
 import shlex
 import socket
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from .errors import Hy3Error
 from .plan.recipe import Recipe, to_cli
@@ -179,13 +179,17 @@ def _check_count(found: int, nodes: int, source: str) -> None:
 
 
 def megatron_argv(recipe: Recipe, paths: dict, export: str | None = None) -> list[str]:
-    """`megatron sft` (or `megatron export`) and its flags: path options first, then the recipe's arguments."""
+    """`megatron sft` (or `megatron export`) and its flags: path options first, then the recipe's arguments,
+    with the Hy3 plugin always passed by its installed path (plan/swift_model.py)."""
+    from .plan.swift_model import with_plugin
+
     paths = {k: v for k, v in paths.items() if v not in (None, [], "")}
+    recipe = replace(recipe, args=with_plugin(recipe.args))
     if export:
         from .plan.swift_args import command_fields
 
         accepted = command_fields("export")
-        keep = ("tensor_model_parallel_size", "pipeline_model_parallel_size", "expert_model_parallel_size",
+        keep = ("custom_register_path", "tensor_model_parallel_size", "pipeline_model_parallel_size", "expert_model_parallel_size",
                 "expert_tensor_parallel_size", "sequence_parallel", "decoder_first_pipeline_num_layers",
                 "decoder_last_pipeline_num_layers", "mtp_num_layers", "megatron_extra_kwargs", "moe_grouped_gemm",
                 "torch_dtype")

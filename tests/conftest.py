@@ -144,6 +144,8 @@ TEST_RECIPE = """\
 cluster: {nodes: 1, gpus_per_node: 8, gpu_memory_gb: 141}
 args:
   tuner_type: lora
+  custom_register_path: megatron_hy/plugins/ms_swift.py
+  mtp_num_layers: 0
   tensor_model_parallel_size: 8
   sequence_parallel: true
   expert_model_parallel_size: 8
@@ -151,3 +153,23 @@ args:
   moe_router_load_balancing_type: none
   megatron_extra_kwargs: {moe_router_bias_update_rate: 0.0}
 """
+
+
+# --- ms-swift and mcore-bridge, run for real on CPU (tests/swift_jobs.py) ------------------------
+
+@pytest.fixture(scope="session")
+def lora_base(tmp_path_factory) -> Path:
+    """fp32 Hy3 with 4 layers (seed 21), so merged checkpoints carry the exact LoRA delta. Read-only."""
+    from megatron_hy.tiny import TinySpec, write_tiny
+
+    return write_tiny(tmp_path_factory.mktemp("fixtures") / "lora-base", TinySpec(layers=4), "inner", seed=21,
+                      dtype="fp32")
+
+
+@pytest.fixture(scope="session")
+def swift_run(tmp_path_factory, tiny_inner, tiny_outer, tiny_tencent, lora_base):
+    """One driver process running ms-swift's and mcore-bridge's Megatron code under TP1, TP2 and EP2
+    (see tests/swift_jobs.py); its outputs (saved checkpoints, exports, LoRA adapters) and reports."""
+    from swift_jobs import run_all
+
+    return run_all(tmp_path_factory.mktemp("swift"), tiny_inner, tiny_outer, tiny_tencent, lora_base)

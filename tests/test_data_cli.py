@@ -6,7 +6,7 @@ import json
 import shutil
 
 from conftest import assert_ok, assert_one_error, run_cli
-from data_helpers import PLUGIN, conv, encoder, model_dir, write_jsonl
+from data_helpers import conv, encoder, model_dir, write_jsonl
 from megatron_hy.data.demo_step import DEMO_DATA, step_data
 from test_data_encode import ALL_ROWS, HIGH, MULTI
 
@@ -114,7 +114,10 @@ def test_tokenizer_errors_are_one_line(tmp_path):
 
 
 def test_plugin_path_and_standin_tokenizer(tmp_path):
-    assert assert_ok(run_cli("data", "plugin-path")).stdout.strip() == str(PLUGIN)
+    from megatron_hy.plugins import swift_plugin_path
+
+    # the one ms-swift plugin, which also registers the hy3 templates of data/swift_plugin.py
+    assert assert_ok(run_cli("data", "plugin-path")).stdout.strip() == str(swift_plugin_path())
     assert_ok(run_cli("data", "standin-tokenizer", tmp_path / "tok", "--variant", "preview"))
     src = write_jsonl(tmp_path / "rows.jsonl", [HIGH])
     assert_ok(run_cli("data", "encode", "--tokenizer", tmp_path / "tok", src, tmp_path / "o.jsonl"))

@@ -16,6 +16,7 @@ from megatron_hy.errors import Hy3Error
 from megatron_hy.launch import expand_hostlist, resolve_cluster
 from megatron_hy.plan import load_recipe
 from megatron_hy.plan.recipe import to_cli
+from megatron_hy.plugins import swift_plugin_path
 
 LAUNCH_VARS = ("IP_LIST", "LOCAL_IP", "NNODES", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT", "SLURM_JOB_NODELIST",
                "SLURM_NODEID", "SLURM_NNODES", "SLURM_JOB_ID")
@@ -26,12 +27,24 @@ TWO_NODES = ONE_NODE.replace("nodes: 1", "nodes: 2").replace("expert_model_paral
 ENV = "CUDA_DEVICE_MAX_CONNECTIONS=1 PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True NCCL_DEBUG=WARN"
 
 
+PLUGIN = str(swift_plugin_path())
+# Hy3 rows are encoded into the run's directory first and trained as ms-swift cached datasets
+ENCODE = """# node 0 first encodes the Hy3 rows into the run's directory (the other nodes wait for them):
+# hy3 data encode --tokenizer /models/Hy3 /data/a.jsonl /shared/out/hy3-data/a.jsonl --swift-dataset /shared/out/hy3-data/a --max-length 4096
+# hy3 data encode --tokenizer /models/Hy3 /data/b.jsonl /shared/out/hy3-data/b.jsonl --swift-dataset /shared/out/hy3-data/b --max-length 4096
+
+"""
+
+
 def flags(ep: int) -> str:
     return f"""megatron sft \\
   --model /models/Hy3 \\
-  --dataset /data/a.jsonl /data/b.jsonl \\
+  --cached_dataset /shared/out/hy3-data/a /shared/out/hy3-data/b \\
   --output_dir /shared/out \\
+  --template hy3 \\
   --tuner_type lora \\
+  --custom_register_path {PLUGIN} \\
+  --mtp_num_layers 0 \\
   --tensor_model_parallel_size 8 \\
   --sequence_parallel true \\
   --expert_model_parallel_size {ep} \\
@@ -58,7 +71,7 @@ def launch(tmp_path, capsys, recipe_text, *extra):
 
 
 def test_one_node_runs_megatron_sft_through_torchrun_env(tmp_path, capsys, clean_env):
-    expected = f"""# node 0 of 1
+    expected = ENCODE + f"""# node 0 of 1
 NPROC_PER_NODE=8 {ENV} \\
 {flags(8)}
 """
@@ -67,7 +80,7 @@ NPROC_PER_NODE=8 {ENV} \\
 
 def test_two_nodes_from_ip_list(tmp_path, capsys, clean_env):
     clean_env.setenv("IP_LIST", "10.1.0.1,10.1.0.2")
-    expected = f"""# node 0 of 2: 10.1.0.1
+    expected = ENCODE + f"""# node 0 of 2: 10.1.0.1
 NPROC_PER_NODE=8 NNODES=2 NODE_RANK=0 MASTER_ADDR=10.1.0.1 MASTER_PORT=29500 {ENV} \\
 {flags(16)}
 
@@ -82,7 +95,7 @@ def test_two_nodes_under_slurm(tmp_path, capsys, clean_env):
     clean_env.setenv("SLURM_JOB_NODELIST", "gpu[07-08]")
     clean_env.setenv("SLURM_NODEID", "1")
     clean_env.setenv("SLURM_NNODES", "2")
-    expected = f"""# node 0 of 2: gpu07
+    expected = ENCODE + f"""# node 0 of 2: gpu07
 NPROC_PER_NODE=8 NNODES=2 NODE_RANK=0 MASTER_ADDR=gpu07 MASTER_PORT=6000 {ENV} \\
 {flags(16)}
 
@@ -115,15 +128,17 @@ def test_export_builds_megatron_export_with_the_parallel_sizes(tmp_path, capsys,
                "--output-dir", "/ckpt/v0-hf", "--dry-run"])
     out = capsys.readouterr().out
     assert rc == 0
-    assert out.endswith("""megatron export \\
+    assert out.endswith(f"""megatron export \\
   --model /models/Hy3 \\
   --mcore_model /ckpt/v0 \\
   --output_dir /ckpt/v0-hf \\
   --to_hf true \\
+  --custom_register_path {PLUGIN} \\
   --tensor_model_parallel_size 8 \\
   --expert_model_parallel_size 8 \\
   --sequence_parallel true \\
-  --megatron_extra_kwargs '{"moe_router_bias_update_rate":0.0}'
+  --mtp_num_layers 0 \\
+  --megatron_extra_kwargs '{{"moe_router_bias_update_rate":0.0}}'
 """)
 
 
@@ -172,11 +187,12 @@ def test_launch_execs_this_nodes_command(tmp_path, clean_env):
     recipe = tmp_path / "r.yaml"
     recipe.write_text(TWO_NODES)
     env = {"PATH": f"{bindir}{os.pathsep}{os.environ['PATH']}", "IP_LIST": "10.1.0.1,10.1.0.2", "LOCAL_IP": "10.1.0.2"}
-    proc = assert_ok(run_cli("launch", recipe, "--model", "/models/Hy3", "--dataset", "/data/a.jsonl", env=env))
+    proc = assert_ok(run_cli("launch", recipe, "--model", "/models/Hy3", "--dataset", "org/some-dataset", env=env))
     assert "node 1 of 2" in proc.stderr
     first, second = record.read_text().splitlines()
     assert first == "NPROC=8 NNODES=2 RANK=1 MASTER=10.1.0.1 CONN=1"
-    assert second.startswith("sft --model /models/Hy3 --dataset /data/a.jsonl --tuner_type lora")
+    assert second.startswith(f"sft --model /models/Hy3 --dataset org/some-dataset --tuner_type lora "
+                             f"--custom_register_path {PLUGIN} --mtp_num_layers 0")
 
 
 def test_train_sh_runs_the_recipe_it_names():
@@ -186,11 +202,15 @@ def test_train_sh_runs_the_recipe_it_names():
     proc = subprocess.run(["bash", str(REPO / "launch" / "train.sh")], capture_output=True, text=True, env=env,
                           timeout=30)
     assert proc.returncode == 0, proc.stderr
-    env_line, cmd = proc.stdout.splitlines()
+    env_line, encode, cmd = proc.stdout.splitlines()
     assert env_line == "NPROC_PER_NODE=8 NNODES=2 NODE_RANK=1 MASTER_ADDR=10.0.0.1 MASTER_PORT=29500"
+    assert shlex.split(encode) == ["#", "node", "0", "first", "runs:", "hy3", "data", "encode", "--tokenizer", "/m",
+                                   "/d.jsonl", "/o/hy3-data/d.jsonl", "--swift-dataset", "/o/hy3-data/d",
+                                   "--max-length", str(recipe.args["max_length"])]
     argv = shlex.split(cmd)
-    assert argv[:8] == ["megatron", "sft", "--model", "/m", "--dataset", "/d.jsonl", "--output_dir", "/o"]
-    assert argv[8:] == to_cli(recipe.args)
+    assert argv[:10] == ["megatron", "sft", "--model", "/m", "--cached_dataset", "/o/hy3-data/d", "--template", "hy3",
+                         "--output_dir", "/o"]
+    assert argv[10:] == to_cli(dict(recipe.args, custom_register_path=PLUGIN))
     env["LOCAL_IP"] = "10.9.9.9"
     proc = subprocess.run(["bash", str(REPO / "launch" / "train.sh")], capture_output=True, text=True, env=env,
                           timeout=30)

@@ -1,8 +1,11 @@
 """LoRA: adapters in ms-swift's Megatron formats and HF PEFT, merged into Hy3 and exported as PEFT.
 
-Three independent computations must agree: transformers on our merged checkpoint, transformers + PEFT on
-our exported adapter, and the Megatron model on CPU with the adapter's delta applied in Megatron's own
-layout (under TP2 and EP2). For a PEFT input adapter, our merge must equal peft's merge_and_unload.
+The ms-swift-format adapters are made by ms-swift's and mcore-bridge's own code (the `swift_run`
+fixture, tests/swift_jobs.py: mcore-bridge's LoRA tuner with nonzero factors, saved by ms-swift as
+torch_dist and as safetensors under TP1, TP2 and EP2). Three independent computations must agree:
+transformers on our merged checkpoint, transformers + PEFT on our exported adapter, and the Megatron
+model on CPU with the adapter's delta applied in Megatron's own layout (under TP2 and EP2). For a PEFT
+input adapter, our merge must equal peft's merge_and_unload.
 """
 
 from __future__ import annotations
@@ -16,18 +19,24 @@ import torch
 from conftest import assert_ok, assert_one_error, load_tensors, run_cli, same_bits
 from megatron_hy.lora.export import export_peft
 from megatron_hy.lora.merge import merge_lora
-from megatron_hy.lora.tiny import write_tiny_adapter
 from megatron_hy.megatron.parity import TOLERANCE, compare, run_parity
 from megatron_hy.reference import load_hf_model
-from megatron_hy.tiny import TinySpec, write_tiny
-
-ALL_KINDS = ("attention", "dense", "shared", "experts", "mtp", "router")
 
 
 @pytest.fixture(scope="module")
-def base(tmp_path_factory):
-    """fp32 weights, so merged checkpoints carry the exact delta."""
-    return write_tiny(tmp_path_factory.mktemp("lora") / "base", TinySpec(layers=4), "inner", seed=21, dtype="fp32")
+def base(lora_base):
+    """fp32 weights (4 layers), so merged checkpoints carry the exact delta."""
+    return lora_base
+
+
+def swift_adapter(swift_run, layout: str, fmt: str, tmp_path=None, name: str = "adapter"):
+    """An adapter ms-swift saved (fmt "dist": torch_dist, "safetensors"): under tp1 it targets all-linear,
+    under tp2 / ep2 all-linear and the routers. With tmp_path, a copy that a test may edit."""
+    src = swift_run.out(layout) / "lora" / fmt
+    if tmp_path is None:
+        return src
+    shutil.copytree(src, tmp_path / name)
+    return tmp_path / name
 
 
 @pytest.fixture(scope="module")
@@ -47,9 +56,9 @@ def logits(path, tokens, peft_dir=None):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("layout", [{"tp": 2}, {"ep": 2}], ids=["TP2", "EP2"])
-def test_megatron_delta_matches_merged_checkpoint(base, tmp_path, layout):
-    """Every target kind, lora_B of the dense/shared GLU saved under TP2 (interleaved rows)."""
-    adapter = write_tiny_adapter(base, tmp_path / "adapter", "mcore", ALL_KINDS, seed=3, saved_tp=2)
+def test_megatron_delta_matches_merged_checkpoint(base, swift_run, tmp_path, layout):
+    """Every target kind (routers included), as ms-swift saved it under TP2."""
+    adapter = swift_adapter(swift_run, "tp2", "dist")
     merged = tmp_path / "merged"
     merge_lora(base, adapter, merged, quiet=True)
     results, _ = run_parity(merged, [("hf+lora", (base, adapter))], reference=merged, **layout)
@@ -57,9 +66,8 @@ def test_megatron_delta_matches_merged_checkpoint(base, tmp_path, layout):
     assert res.passed and res.max_rel_err <= TOLERANCE and res.mtp_max_rel_err <= TOLERANCE, res
 
 
-def test_exported_peft_matches_merged_and_peft_merge(base, tokens, tmp_path):
-    kinds = ("attention", "dense", "shared", "experts", "mtp")
-    adapter = write_tiny_adapter(base, tmp_path / "adapter", "mcore", kinds, seed=4, saved_tp=2)
+def test_exported_peft_matches_merged_and_peft_merge(base, swift_run, tokens, tmp_path):
+    adapter = swift_adapter(swift_run, "tp1", "dist")
     merge_lora(base, adapter, tmp_path / "merged", quiet=True)
     proc = assert_ok(run_cli("lora", "export-peft", "--adapter", str(adapter), "--base", str(base),
                              str(tmp_path / "peft")))
@@ -76,10 +84,9 @@ def test_exported_peft_matches_merged_and_peft_merge(base, tokens, tmp_path):
                              str(tmp_path / "strict"), "--strict"), "no PEFT equivalent", "MTP layer")
 
 
-def test_swift_safetensors_adapter_equals_torch_dist_adapter(base, tmp_path):
-    kinds = ("attention", "dense", "shared", "experts", "mtp")
-    a = write_tiny_adapter(base, tmp_path / "mc", "mcore", kinds, seed=5, saved_tp=2)
-    b = write_tiny_adapter(base, tmp_path / "sw", "swift-peft", kinds, seed=5)
+@pytest.mark.parametrize("layout", ["tp2", "ep2"])
+def test_swift_safetensors_adapter_equals_torch_dist_adapter(base, swift_run, tmp_path, layout):
+    a, b = swift_adapter(swift_run, layout, "dist"), swift_adapter(swift_run, layout, "safetensors")
     merge_lora(base, a, tmp_path / "ma", quiet=True)
     assert_ok(run_cli("lora", "merge", "--base", str(base), "--adapter", str(b), str(tmp_path / "mb"), "--quiet"))
     ta, tb = load_tensors(tmp_path / "ma"), load_tensors(tmp_path / "mb")
@@ -108,15 +115,15 @@ def test_peft_input_adapter_matches_peft_merge_and_unload(base, tokens, tmp_path
     assert compare(logits(base, tokens, tmp_path / "again"), logits(tmp_path / "merged", tokens))[1] <= TOLERANCE
 
 
-def test_rank_2r_export_when_gate_and_up_lora_a_differ(base, tokens, tmp_path):
+def test_rank_2r_export_when_gate_and_up_lora_a_differ(base, swift_run, tokens, tmp_path):
     from safetensors.torch import load_file, save_file
 
-    adapter = write_tiny_adapter(base, tmp_path / "sw", "swift-peft", ("experts",), seed=6)
+    adapter = swift_adapter(swift_run, "tp1", "safetensors", tmp_path)
     path = adapter / "adapter_model.safetensors"
     t = load_file(str(path))
     gen = torch.Generator().manual_seed(9)
     for k in t:
-        if ".up_proj.lora_A" in k:
+        if ".experts." in k and ".up_proj.lora_A" in k:
             t[k] = (torch.randn(t[k].shape, generator=gen) * 0.1).to(t[k].dtype)
     save_file(t, str(path))
     merge_lora(base, adapter, tmp_path / "merged", quiet=True)
@@ -127,22 +134,23 @@ def test_rank_2r_export_when_gate_and_up_lora_a_differ(base, tokens, tmp_path):
 
 
 @pytest.mark.parametrize("fmt", ["inner", "outer"])
-def test_zero_adapter_merge_is_byte_identical(tmp_path, fmt):
-    base = write_tiny(tmp_path / "base", TinySpec(), fmt, seed=2)  # bf16, as published
-    adapter = write_tiny_adapter(base, tmp_path / "zero", "mcore", ALL_KINDS, zero=True)
+def test_zero_adapter_merge_is_byte_identical(swift_run, tiny_inner, tiny_outer, tmp_path, fmt):
+    """mcore-bridge's tuner starts lora_B at zero: that adapter, saved by ms-swift, changes no byte."""
+    base = {"inner": tiny_inner, "outer": tiny_outer}[fmt]  # bf16, as published
+    adapter = swift_run.out("tp1") / "zero-adapter"
     assert_ok(run_cli("lora", "merge", "--base", str(base), "--adapter", str(adapter), str(tmp_path / "m")))
     a, b = load_tensors(base), load_tensors(tmp_path / "m")
     assert sorted(a) == sorted(b) and all(same_bits(a[k], b[k]) for k in a)
     assert_ok(run_cli("check", str(tmp_path / "m")))
 
 
-def test_outer_base_merges_into_outer_layout(base, tmp_path):
+def test_outer_base_merges_into_outer_layout(base, swift_run, tmp_path):
     from megatron_hy.hf_checkpoint import HFCheckpoint
     from megatron_hy.convert.layout import convert_layout
 
     outer = tmp_path / "outer"
     convert_layout(base, outer, "outer", quiet=True)
-    adapter = write_tiny_adapter(base, tmp_path / "ad", "mcore", ALL_KINDS, seed=8)
+    adapter = swift_adapter(swift_run, "ep2", "dist")
     merge_lora(base, adapter, tmp_path / "mi", quiet=True)
     merge_lora(outer, adapter, tmp_path / "mo", quiet=True)
     mi, mo = HFCheckpoint(tmp_path / "mi"), HFCheckpoint(tmp_path / "mo")
@@ -150,18 +158,20 @@ def test_outer_base_merges_into_outer_layout(base, tmp_path):
     assert all(torch.equal(mi.read(n), mo.read(n)) for n in mi.names())
 
 
-def test_megatron_adapter_ignores_use_rslora_as_training_did(base, tmp_path):
+def test_megatron_adapter_ignores_use_rslora_as_training_did(base, swift_run, tmp_path):
     from megatron_hy.config import load_config
     from megatron_hy.lora.adapters import open_adapter
 
-    adapter = write_tiny_adapter(base, tmp_path / "ad", "mcore", ("attention",), rank=4, alpha=8, use_rslora=True)
+    adapter = swift_adapter(swift_run, "tp1", "dist", tmp_path)   # rank 4, alpha 8; trained as if with rsLoRA:
+    args = json.loads((adapter / "args.json").read_text())
+    (adapter / "args.json").write_text(json.dumps(dict(args, use_rslora=True)))
     a = open_adapter(adapter, load_config(base))
     assert a.scaling == 2.0 and any("ignore" in n for n in a.notes)
     assert open_adapter(adapter, load_config(base), rslora="on").scaling == 4.0
 
 
-def test_bad_adapters_fail_clearly(base, tmp_path):
-    good = write_tiny_adapter(base, tmp_path / "good", "swift-peft", ("attention",), seed=1)
+def test_bad_adapters_fail_clearly(base, swift_run, tmp_path):
+    good = swift_adapter(swift_run, "tp1", "safetensors")
     out = str(tmp_path / "out")
 
     def variant(name, edit=None, conf=None):
@@ -196,3 +206,25 @@ def test_bad_adapters_fail_clearly(base, tmp_path):
     assert_one_error(run_cli("lora", "export-peft", "--adapter", str(tmp_path), "--base", str(base), out),
                      "not a LoRA adapter")
     assert not (tmp_path / "out").exists()
+
+
+def test_tiny_adapter_writer_matches_swift_formats(base, swift_run, tmp_path):
+    """`hy3 lora make-tiny` (the demo's adapters) writes the keys and shapes ms-swift writes, in both formats."""
+    from safetensors.torch import load_file
+    from torch.distributed.checkpoint import FileSystemReader
+
+    from megatron_hy.lora.tiny import write_tiny_adapter
+
+    kinds = ("attention", "dense", "shared", "experts", "mtp", "router")
+
+    def dist(root):
+        meta = FileSystemReader(str(root / "iter_0000001")).read_metadata().state_dict_metadata
+        return {k: tuple(v.size) for k, v in meta.items() if hasattr(v, "size")}
+
+    def st(root):
+        return {k: tuple(v.shape) for k, v in load_file(str(root / "adapter_model.safetensors")).items()}
+
+    mine = write_tiny_adapter(base, tmp_path / "mc", "mcore", kinds, saved_tp=2)
+    assert dist(mine) == dist(swift_adapter(swift_run, "tp2", "dist"))
+    mine = write_tiny_adapter(base, tmp_path / "sw", "swift-peft", kinds)
+    assert st(mine) == st(swift_adapter(swift_run, "tp2", "safetensors"))

@@ -9,7 +9,8 @@ def register(sub) -> None:
     p = sub.add_parser("config", help="show a checkpoint's config as Megatron / megatron sft / HF arguments",
                        description="Read config.json (Tencent's or transformers' spelling) and print it as: a "
                                    "summary of the derived model facts (summary), Megatron-LM flags (megatron), "
-                                   "the `megatron sft` flags that pin Hy3's MoE training behaviour (swift), "
+                                   "the `megatron sft` flags for Hy3: the ms-swift plugin (--custom_register_path, "
+                                   "absolute path) and the MoE training settings (swift), "
                                    "megatron-core TransformerConfig arguments as JSON (json), or the config in "
                                    "transformers' or Tencent's spelling (transformers, tencent).")
     p.add_argument("dir", metavar="DIR", help="checkpoint directory or config.json")
@@ -30,9 +31,12 @@ def run(args) -> int:
 
         print(" \\\n".join(megatron_lm_flags(cfg)))
     elif args.to == "swift":
-        from ..megatron.config import swift_flags
+        import shlex
 
-        print(" \\\n".join(swift_flags(cfg)))
+        from ..megatron.config import swift_flags
+        from ..plugins import swift_plugin_path
+
+        print(" \\\n".join([f"--custom_register_path {shlex.quote(str(swift_plugin_path()))}"] + swift_flags(cfg)))
     elif args.to == "json":
         from ..megatron.config import gpt_model_kwargs, transformer_config_kwargs
 

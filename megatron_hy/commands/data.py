@@ -111,9 +111,10 @@ def _add_check_template(d) -> None:
 
 def _add_plugin_path(d) -> None:
     q = d.add_parser("plugin-path", help="print the path of the ms-swift plugin file",
-                     description="Print the path of megatron_hy/data/swift_plugin.py, for `megatron sft "
-                                 "--custom_register_path $(hy3 data plugin-path) --template hy3` (hy3_preview for "
-                                 "Hy3 preview).")
+                     description="Print the absolute path of megatron_hy/plugins/ms_swift.py, the one plugin for "
+                                 "ms-swift (Hy3 for mcore-bridge, and the hy3 / hy3_preview templates), for "
+                                 "`megatron sft --custom_register_path $(hy3 data plugin-path) --template hy3` "
+                                 "(hy3_preview for Hy3 preview).")
     q.set_defaults(func=run_plugin_path)
 
 
@@ -214,9 +215,9 @@ def run_check_template(args) -> int:
 
 
 def _plugin() -> str:
-    from pathlib import Path
+    from ..plugins import swift_plugin_path
 
-    return str(Path(__file__).resolve().parent.parent / "data" / "swift_plugin.py")  # a file ms-swift imports by path
+    return str(swift_plugin_path())  # a file ms-swift imports by path
 
 
 def run_plugin_path(args) -> int:

@@ -20,7 +20,13 @@ def register(sub) -> None:
     p.add_argument("--mcore-model", metavar="DIR",
                    help="Megatron-Core checkpoint to start from (from `hy3 convert hf-to-mcore`) -> --mcore_model")
     p.add_argument("--mcore-adapter", metavar="DIR", help="LoRA adapter checkpoint (resume, or export) -> --mcore_adapter")
-    p.add_argument("--dataset", nargs="+", metavar="DATA", help="training data: jsonl files or dataset ids -> --dataset")
+    p.add_argument("--dataset", nargs="+", metavar="DATA",
+                   help="training data. Hy3 rows (.jsonl/.json) are encoded into OUTPUT_DIR/hy3-data/ by node 0 "
+                        "(`hy3 data encode --swift-dataset`, so reasoning_effort and reasoning_content reach the "
+                        "loss) and passed as --cached_dataset with --template hy3; a directory from `hy3 data encode "
+                        "--swift-dataset` -> --cached_dataset; anything else (dataset ids) -> --dataset")
+    p.add_argument("--data-timeout", type=float, default=7200, metavar="S",
+                   help="how long nodes other than node 0 wait for the encoded dataset (default 7200 s)")
     p.add_argument("--output-dir", metavar="DIR",
                    help="where checkpoints go; must be the same shared path on every node -> --output_dir")
     p.add_argument("--export", choices=("to-hf", "to-mcore"),
@@ -49,10 +55,17 @@ def run(args) -> int:
     from ..plan import format_plan, load_recipe, plan_recipe, with_overrides
     from ..plan.swift_args import check_args
 
+    from ..launch_data import encode_all, plan_data, template_for, wait_for
+
     recipe = with_overrides(load_recipe(args.recipe), args.set, args.nodes, args.gpus_per_node, args.gpu_mem,
                             args.host_mem)
+    data = plan_data(args.dataset, args.output_dir, recipe.args) if not args.export else plan_data([], None, {})
     paths = {"model": args.model, "mcore_model": args.mcore_model, "mcore_adapter": args.mcore_adapter,
-             "dataset": args.dataset, "output_dir": args.output_dir}
+             **(data.flags() if not args.export else {"dataset": args.dataset}), "output_dir": args.output_dir}
+    if (data.encodings or data.cached) and "template" not in recipe.args:
+        # pre-encoded rows train as they are only with the plugin's templates
+        tokenizer = args.model and os.path.isfile(os.path.join(args.model, "tokenizer_config.json"))
+        paths["template"] = template_for(args.model) if tokenizer else "hy3"
     argv = megatron_argv(recipe, paths, args.export)
     command = "export" if args.export else "sft"
     flags = dict(recipe.args, **{k: v for k, v in paths.items() if v})
@@ -64,8 +77,10 @@ def run(args) -> int:
         problems = check_args(flags, "sft", where=f"{recipe.path}: args", lines=recipe.lines)
         if not flags.get("model"):
             problems.append("no model: pass --model HF_DIR (config and tokenizer are read from it)")
-        if not flags.get("dataset"):
+        if not (flags.get("dataset") or flags.get("cached_dataset")):
             problems.append("no training data: pass --dataset FILE.jsonl (or set dataset in the recipe)")
+        if data.problem:
+            problems.append(data.problem)
     if problems:
         raise Hy3Error(f"`megatron {command}` would reject this: " + "; ".join(problems))
 
@@ -79,6 +94,9 @@ def run(args) -> int:
     cluster = resolve_cluster(args.launcher, recipe.cluster.nodes, dict(os.environ), args.ip_list, args.master_port)
     cmds = node_commands(recipe, cluster, argv)
     if args.dry_run:
+        if data.encodings:
+            print("# node 0 first encodes the Hy3 rows into the run's directory (the other nodes wait for them):\n"
+                  + "\n".join("# " + line for line in data.describe(args.model)) + "\n")
         print(format_dry_run(cmds))
         return 0
     if cluster.this_rank is None:
@@ -86,6 +104,11 @@ def run(args) -> int:
                        f"set LOCAL_IP or NODE_RANK")
     if not shutil.which(argv[0]):
         raise Hy3Error(f"`{argv[0]}` is not on PATH; install ms-swift (see Dockerfile) on every node")
+    if data.encodings:
+        if cluster.this_rank == 0:
+            encode_all(data, args.model)
+        else:
+            wait_for(data, args.data_timeout)
     mine = cmds[cluster.this_rank]
     print(f"hy3 launch: node {mine.rank} of {len(cmds)}\n{mine.shell()}", file=sys.stderr, flush=True)
     env = dict(os.environ, **mine.env)

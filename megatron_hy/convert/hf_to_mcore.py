@@ -29,7 +29,7 @@ from ..transforms import to_mcore
 from . import dcp
 from .dcp import CHUNK_BYTES
 from .manifest import write_manifest
-from .mcore_pieces import megatron_layout
+from .mcore_pieces import empty_extra_state, megatron_layout
 from .torch_dist import TRACKER, iter_dir_name, write_iteration_files
 
 
@@ -166,7 +166,7 @@ def hf_to_mcore(hf_dir: str | Path, out: str | Path, workers: int = 4, dtype: st
     by_size = -(-sum(elem_bytes.values()) // parse_size(max_file_size))
     n_files = max(1, min(len(chunks), max(workers, by_size)))
     groups = _balance(chunks, n_files)
-    objects = [dcp.ObjectItem(k, [None]) for k in layout["objects"]]
+    objects = [dcp.ObjectItem(k, [empty_extra_state()]) for k in layout["objects"]]
     names = [f"__{i}_0.distcp" for i in range(len(groups))]
     inputs = sorted({hf.source(n)[0] for n in hf.names()})
     stamp = [(str(p), os.stat(p).st_size, os.stat(p).st_mtime_ns) for p in inputs]

@@ -59,6 +59,13 @@ def _layout_rank(rank: int, world: int, cfg_dict: dict, padded_vocab: int) -> di
                                              (1,), (0,), replica_id=0).unique_key)
         elif isinstance(node, ShardedObject):
             objects.append(node.unique_key)
+    for name, _ in model.named_modules():
+        if name.startswith("mtp.layers.") and name.endswith(".self_attention.core_attention"):
+            # In the TE spec the attention core is TE's DotProductAttention, a TE module with an
+            # `_extra_state`. megatron-core's TEDotProductAttention.sharded_state_dict leaves it out,
+            # but MultiTokenPredictionBlock.sharded_state_dict also adds its layers' plain
+            # state_dict, which has it, so the TE model asks the checkpoint for it in MTP layers.
+            objects.append(ShardedObject(name + "._extra_state", None, (1,), (0,), replica_id=0).unique_key)
     return {"pieces": sorted(pieces, key=lambda p: (p.key, p.offsets)), "objects": sorted(set(objects))}
 
 
@@ -87,3 +94,12 @@ def megatron_layout(cfg: Hy3Config, padded_vocab: int, in_process: bool = False)
         ps.destroy_model_parallel()
         if owned:
             dist.destroy_process_group()
+
+
+def empty_extra_state():
+    """What a transformer-engine module saves as `_extra_state` without FP8: TE 2.x
+    TransformerEngineBaseModule.get_extra_state returns `torch.empty(0, dtype=torch.uint8)` (and fusible
+    ops such as RMSNorm the same); set_extra_state returns at once for an empty tensor."""
+    import torch
+
+    return torch.empty(0, dtype=torch.uint8)

@@ -14,6 +14,7 @@ from .layout import Layout, build_layout
 from .params import ModelParams, count_params, lora_targets, rank_params
 from .recipe import Recipe
 from .swift_args import check_args
+from .swift_model import check as check_swift_model
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "assets" / "hy3_config.json"
 
@@ -111,6 +112,7 @@ def plan_recipe(recipe: Recipe, cfg: Hy3Config | None = None, tflops: float | No
     args = recipe.args
     if check_flags:
         plan.errors += check_args(args, "sft", where=f"{recipe.path}: args", lines=recipe.lines)
+    plan.errors += check_swift_model(args, cfg)
     plan.capacity_gib = memory.capacity_gib(recipe.cluster.gpu_memory_gb)
     plan.host_capacity_gib = host.host_capacity_gib(recipe.cluster.host_memory_gb)
     _hy3_moe_settings(args, plan.warnings)

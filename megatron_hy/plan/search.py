@@ -85,11 +85,12 @@ def template_args(seq: int, lora: bool, mtp: bool) -> dict:
     from ..megatron.config import swift_moe_settings
     from .planner import DEFAULT_CONFIG
 
-    args = {"tuner_type": "lora" if lora else "full", "torch_dtype": "bfloat16"}
+    from .swift_model import RECIPE_PLUGIN
+
+    args = {"tuner_type": "lora" if lora else "full", "torch_dtype": "bfloat16",
+            "custom_register_path": RECIPE_PLUGIN, "mtp_num_layers": 1 if mtp else 0}
     args.update({k: v for k, v in swift_moe_settings(load_config(DEFAULT_CONFIG)).items() if k != "mtp_num_layers"})
     args["moe_permute_fusion"] = True
-    if mtp:
-        args["mtp_num_layers"] = 1
     args.update({"max_length": seq, "packing": True, "micro_batch_size": 1, "global_batch_size": 128})
     if lora:
         args.update({"lora_rank": 16, "lora_alpha": 32, "target_modules": ["linear_qkv", "linear_proj"],
@@ -351,7 +352,7 @@ def base_from(recipe: Recipe | None, seq: int, lora: bool | None, mtp: bool | No
             args["mtp_num_layers"] = 1
             args.pop("save_missing_weights", None)
         else:
-            args.pop("mtp_num_layers", None)
+            args["mtp_num_layers"] = 0
     return args
 
 
