@@ -9,8 +9,8 @@ and divides itself when experts communicate explicitly). TE refuses bias with tp
 
 import torch
 
-from .base import TransformerEngineBaseModule, divide, resolve_device, set_tensor_model_parallel_attributes
-from .linear import _constant, _tp_size
+from .base import TransformerEngineBaseModule, resolve_device
+from .linear import register_weight_and_bias, set_weight_attributes, setup_partition
 
 
 class GroupedLinear(TransformerEngineBaseModule):
@@ -21,31 +21,13 @@ class GroupedLinear(TransformerEngineBaseModule):
         params_dtype = params_dtype or torch.get_default_dtype()
         device = resolve_device(device)
         self.num_gemms = num_gemms
-        self.in_features, self.out_features = in_features, out_features
-        self.use_bias, self.return_bias = bias, return_bias
-        self.apply_bias = bias and not return_bias
-        self.tp_group = tp_group
-        self.tp_size = _tp_size(tp_group, tp_size)
+        setup_partition(self, in_features, out_features, tp_group, tp_size, parallel_mode, sequence_parallel,
+                        bias, return_bias, rng_tracker_name)
         if self.tp_size > 1 and bias:
             raise ValueError("GroupedLinear doesn't support bias when TP > 1.")
-        self.parallel_mode = parallel_mode
-        if parallel_mode == "column":
-            self.out_features = divide(self.out_features, self.tp_size)
-        elif parallel_mode == "row":
-            self.in_features = divide(self.in_features, self.tp_size)
-        self.sequence_parallel = self.tp_size > 1 and sequence_parallel
-        self.rng_tracker_name = rng_tracker_name
         for i in range(num_gemms):
-            self.register_parameter(f"weight{i}", torch.nn.Parameter(
-                torch.empty(self.out_features, self.in_features, device=device, dtype=params_dtype)),
-                init_fn=init_method or (lambda w: torch.nn.init.normal_(w, mean=0.0, std=0.023)))
-            if bias:
-                self.register_parameter(f"bias{i}", torch.nn.Parameter(
-                    torch.empty(self.out_features, device=device, dtype=params_dtype)), init_fn=_constant(0.0))
-            else:
-                setattr(self, f"bias{i}", torch.Tensor().to(dtype=params_dtype, device=device))
+            register_weight_and_bias(self, i, device, params_dtype, init_method, bias)
         self.init_fp8_metadata(num_gemms=num_gemms)
         self.reset_parameters(defer_init=device.type == "meta")
         for i in range(num_gemms):
-            set_tensor_model_parallel_attributes(getattr(self, f"weight{i}"), True,
-                                                 1 if parallel_mode == "row" else 0, 1)
+            set_weight_attributes(self, i)
