@@ -151,11 +151,12 @@ def test_cli_reports_every_row_not_converted_and_writes_nothing_without_skip_bad
                                                                 {"role": "assistant", "content": "<think>\nr\n</think>\ny"}]}])
     out = tmp_path / "hy3.jsonl"
     proc = run_cli("data", "convert", "--from", "hunyuan-legacy", src, out)
-    assert_one_error(proc, "3 of 5 rows can be converted")
+    assert_one_error(proc, "5 rows read: 0 could be kept as given (already Hy3 rows), 3 could be converted, 2 refused")
     assert f"{src}:3: invalid JSON" in proc.stderr and f"{src}:5: the last user turn says /no_think" in proc.stderr
     assert not out.exists() and not (tmp_path / "hy3.jsonl.partial").exists()
-    proc = assert_ok(run_cli("data", "convert", "--from", "hunyuan-legacy", src, out, "--skip-bad"))
-    assert "3 of 5 rows converted" in proc.stdout and "2 rows not converted" in proc.stdout
+    proc = assert_ok(run_cli("data", "convert", "--from", "hunyuan-legacy", src, out, "--allow-bad"))
+    assert f"{out}: 5 rows read: 0 kept as given (already Hy3 rows), 3 converted, 2 refused" in proc.stdout
+    assert "2 rows refused" in proc.stdout
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["reasoning_effort"] for r in rows] == ["no_think", "high", "high"]
     assert validate_files([out]).ok
@@ -165,4 +166,7 @@ def test_json_array_input(tmp_path):
     src = tmp_path / "alpaca.json"
     src.write_text(json.dumps([{"instruction": "a", "input": "", "output": "b"}] * 3, indent=2))
     out = tmp_path / "out.jsonl"
-    assert "3 of 3 rows converted" in assert_ok(run_cli("data", "convert", "--from", "alpaca", src, out)).stdout
+    proc = assert_ok(run_cli("data", "convert", "--from", "alpaca", src, out))
+    assert "3 rows read: 0 kept as given (already Hy3 rows), 3 converted, 0 refused" in proc.stdout
+    assert [json.loads(line)["meta"]["converted_from"] for line in out.read_text().splitlines()] == \
+        [[f"{src}:2"], [f"{src}:7"], [f"{src}:12"]]

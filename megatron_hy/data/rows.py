@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from .tokens import DEFAULT_EFFORT, EFFORTS, PREVIEW, RELEASE
 
 ROW_KEYS = {"messages", "reasoning_effort", "tools", "chat_template_kwargs", "meta"}  # meta: kept, not encoded
-MESSAGE_KEYS = {"role", "content", "reasoning_content", "tool_calls", "loss", "name", "tool_call_id"}
+MESSAGE_KEYS = {"role", "content", "reasoning_content", "tool_calls", "loss", "name", "tool_call_id", "meta"}
 ROLES = {"system", "user", "assistant", "tool", "tool_call", "tool_response"}
 CONTROL_TOKENS = sorted(set(RELEASE.all()) | set(PREVIEW.all()), key=len, reverse=True)
 _CONTROL = re.compile("|".join(re.escape(t) for t in CONTROL_TOKENS))  # longest first: the whole token matches
