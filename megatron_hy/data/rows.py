@@ -6,7 +6,8 @@ A row (seed 000's format, plus what the chat template accepts):
      "messages": [{"role": "system" | "user" | "assistant" | "tool", "content": "..."},
                   ...]}
 Assistant messages may carry "reasoning_content" (the think block), "tool_calls" (OpenAI form)
-and "loss" (true/false: train this turn or not, whatever the loss mode). ms-swift's own spellings
+and "loss" (true/false: train this turn or not, whatever the loss mode); any message may carry
+"meta" (kept, not encoded), as the row may. ms-swift's own spellings
 are accepted too: `chat_template_kwargs.reasoning_effort`, `tool_call` messages (content
 {"name", "arguments"}) and `tool_response` for `tool`.
 """
