@@ -42,7 +42,11 @@ def test_over_length_examples_are_reported_skipped_or_truncated(tmp_path):
     out = tmp_path / "trunc.jsonl"
     proc = assert_ok(run_cli("data", "encode", "--tokenizer", model_dir(), "--max-length", limit,
                              "--overflow", "truncate", src, out))
-    assert max(len(r["input_ids"]) for r in read(out)) == limit and len(read(out)) == len(lengths)
+    examples = [e for r in ALL_ROWS for e in encoder().encode(conv(r))]
+    no_loss = [e for e in examples if all(x == -100 for x in e.labels[:limit])]  # dropped, not kept (issue 11)
+    assert no_loss and max(len(r["input_ids"]) for r in read(out)) == limit
+    assert len(read(out)) == len(lengths) - len(no_loss)
+    assert f"{len(no_loss)} examples dropped (truncated, no token left in the loss)" in proc.stdout
     proc = run_cli("data", "encode", "--tokenizer", model_dir(), "--max-length", limit, "--overflow", "error",
                    src, tmp_path / "err.jsonl")
     assert_one_error(proc, f"{src}:{over[0]}: {lengths[over[0] - 1]} tokens")

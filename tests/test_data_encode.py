@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from data_helpers import (PREVIEW, R, SYS, WEATHER, conv, encoder, header, ids, labeled_runs, reply, swift_template,
@@ -213,3 +215,33 @@ def test_a_tokenizer_without_hy3_tokens_is_refused():
                                        bos_token=R.bos)
     with pytest.raises(Hy3Error, match="lacks Hy3 release control tokens: <tool_sep:opensource>"):
         Encoder(no_tools)
+
+
+def test_truncate_drops_and_counts_examples_left_with_no_token_in_the_loss(tmp_path):
+    """--overflow truncate must not keep an example whose loss is empty after the cut (issue 11)."""
+    from data_helpers import write_jsonl
+    from megatron_hy.data.encode import IGNORE
+    from megatron_hy.data.output import encode_file
+
+    def first_loss_and_length(row):
+        ex, = encoder().encode(conv(row))
+        return next(i for i, x in enumerate(ex.labels) if x != IGNORE), len(ex)
+
+    long_prompt = {"messages": [{"role": "user", "content": "Tell me about the sea. " * 20},
+                                {"role": "assistant", "content": "Salty."}]}
+    long_reply = {"messages": [{"role": "user", "content": "The sea?"},
+                               {"role": "assistant", "content": "It is salty and deep. " * 40}]}
+    limit, prompt_len = first_loss_and_length(long_prompt)  # its first `limit` tokens: none in the loss
+    reply_start, reply_len = first_loss_and_length(long_reply)
+    assert reply_start < limit < reply_len
+    src = write_jsonl(tmp_path / "rows.jsonl", [long_prompt, long_reply, long_prompt])
+    out = tmp_path / "enc.jsonl"
+    s = encode_file(src, out, encoder(), max_length=limit, overflow="truncate", quiet=True)
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["source"] for r in rows] == [[f"{src}:2"]] and len(rows[0]["input_ids"]) == limit
+    assert sum(x != IGNORE for x in rows[0]["labels"]) == limit - reply_start
+    assert s.truncated == [f"{src}:2: {reply_len} tokens, longer than --max-length {limit}"]
+    assert s.dropped == [f"{src}:{n}: {prompt_len} tokens, longer than --max-length {limit}; its first {limit} "
+                         "tokens have none in the loss" for n in (1, 3)]
+    assert s.examples == s.written == 1
+    assert "2 examples dropped (truncated, no token left in the loss):" in s.text(out)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from ..errors import Hy3Error
+
 ROW_FORMAT = ("A Hy3 row is one JSON object: {\"reasoning_effort\": \"high|low|no_think\" (optional, default "
               "no_think), \"tools\": [...] (optional), \"messages\": [{\"role\": \"system|user|assistant|tool\", "
               "\"content\": ..., assistant only: \"reasoning_content\", \"tool_calls\", \"loss\"}]}. "
@@ -34,21 +36,30 @@ def _add_validate(d) -> None:
 
 
 def _add_convert(d) -> None:
-    q = d.add_parser("convert", help="ShareGPT, old Hunyuan or Alpaca rows to Hy3 rows",
-                     description="Convert rows to Hy3 rows (JSONL). hunyuan-legacy: <think>..</think><answer>.."
-                                 "</answer> assistant text becomes reasoning_content, a /no_think (or /think) prefix "
-                                 "on the last user turn becomes reasoning_effort no_think (high); rows with reasoning "
-                                 "become high. sharegpt: conversations with from/value (or messages with role/"
-                                 "content), function_call and observation turns as tool calls and results. alpaca: "
-                                 "instruction/input/output/history. Keys with no place in a Hy3 row are kept under "
-                                 "'meta'. Every row not converted is reported with its file:line and reason.")
+    q = d.add_parser("convert", help="ShareGPT, OpenAI messages, old Hunyuan or Alpaca rows to Hy3 rows",
+                     description="Convert rows to Hy3 rows (JSONL). sharegpt: conversations with from/value or "
+                                 "messages with role/content (OpenAI, ms-swift, Hy3 rows), function_call/tool_call "
+                                 "and observation/tool turns as tool calls and results. hunyuan-legacy: the same, "
+                                 "and <think>..</think><answer>..</answer> assistant text becomes "
+                                 "reasoning_content, a /no_think (/think) prefix on the last user turn becomes "
+                                 "reasoning_effort no_think (high). alpaca: instruction/input/output/history. "
+                                 "A row's reasoning_effort, tools, and each message's reasoning_content, tool_calls, "
+                                 "loss, name and tool_call_id are taken as given (OpenAI's weight 0/1 becomes loss); "
+                                 "without an effort a row whose reply has reasoning becomes high, else no_think. "
+                                 "Every other key is kept under the row's or the message's 'meta', and each written "
+                                 "row records its source file:line in meta.converted_from. Prints how many rows were "
+                                 "kept as given, converted and refused, each refused row with its file:line and "
+                                 "reason. Exit status: 0 when every row was written; otherwise 1, and nothing is "
+                                 "written unless --skip-bad or --allow-bad.")
     q.add_argument("--from", dest="fmt", required=True, choices=["sharegpt", "hunyuan-legacy", "alpaca"],
                    help="the input format")
     q.add_argument("input", metavar="IN", help="input .json or .jsonl")
     q.add_argument("output", metavar="OUT", help="output .jsonl (written as OUT.partial, renamed when complete)")
     q.add_argument("--skip-bad", action="store_true",
-                   help="write the rows that convert and report the others (default: write nothing if any row "
-                        "cannot be converted)")
+                   help="write the rows that convert, report the others, and exit 1 if any row was refused "
+                        "(default: write nothing if any row cannot be converted)")
+    q.add_argument("--allow-bad", action="store_true",
+                   help="as --skip-bad, but exit 0 when rows were refused")
     q.set_defaults(func=run_convert)
 
 
@@ -64,7 +75,8 @@ def _add_encode(d) -> None:
     q.add_argument("--max-length", type=int, metavar="N", help="longest example in tokens (default: no limit)")
     q.add_argument("--overflow", choices=["skip", "truncate", "error"], default="skip",
                    help="an example longer than --max-length: skip it and report it (default), keep its first N "
-                        "tokens, or stop with an error")
+                        "tokens (an example left with no token in the loss is dropped and counted), or stop with "
+                        "an error")
     q.add_argument("--pack", action="store_true",
                    help="pack examples into rows of at most --max-length tokens (best-fit decreasing); "
                         "position_ids restart at each example so Megatron keeps them apart")
@@ -167,8 +179,11 @@ def run_validate(args) -> int:
 def run_convert(args) -> int:
     from ..data.convert import convert_file
 
-    s = convert_file(args.input, args.output, args.fmt, skip_bad=args.skip_bad)
+    s = convert_file(args.input, args.output, args.fmt, skip_bad=args.skip_bad or args.allow_bad)
     print(s.text(args.output))
+    if s.refused and not args.allow_bad:
+        raise Hy3Error(f"{len(s.refused)} of {s.rows} rows refused (listed above with their file:line); "
+                       f"{args.output} holds the other {s.written}; pass --allow-bad to accept that with exit 0")
     return 0
 
 

@@ -32,13 +32,15 @@ class Summary:
     warnings: int = 0
     skipped: list[str] = field(default_factory=list)  # "file:line: why"
     truncated: list[str] = field(default_factory=list)
+    dropped: list[str] = field(default_factory=list)  # truncated with no token left in the loss
     seconds: float = 0.0
 
     def text(self, out: Path) -> str:
         lines = [f"{out}: {self.written} rows from {self.rows} input rows ({self.examples} examples), "
                  f"{self.tokens} tokens, {self.loss_tokens} in the loss ({_pct(self.loss_tokens, self.tokens)}), "
                  f"{self.rows / max(self.seconds, 1e-9):.0f} rows/s"]
-        for label, items in (("skipped", self.skipped), ("truncated", self.truncated)):
+        for label, items in (("skipped", self.skipped), ("truncated", self.truncated),
+                             ("dropped (truncated, no token left in the loss)", self.dropped)):
             if items:
                 lines.append(f"{len(items)} examples {label}:")
                 lines += [f"  {s}" for s in items[:20]] + ([f"  ... and {len(items) - 20} more"] if len(items) > 20 else [])
@@ -116,8 +118,12 @@ def _fit(ex: Example, where: str, max_length: int | None, overflow: str, summary
     if overflow == "skip":
         summary.skipped.append(msg)
         return None
+    cut = Example(ex.input_ids[:max_length], ex.labels[:max_length], ex.turns)
+    if not cut.loss_tokens():
+        summary.dropped.append(f"{msg}; its first {max_length} tokens have none in the loss")
+        return None
     summary.truncated.append(msg)
-    return Example(ex.input_ids[:max_length], ex.labels[:max_length], ex.turns)
+    return cut
 
 
 def _chunks(it, n: int):

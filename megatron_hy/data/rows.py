@@ -6,7 +6,8 @@ A row (seed 000's format, plus what the chat template accepts):
      "messages": [{"role": "system" | "user" | "assistant" | "tool", "content": "..."},
                   ...]}
 Assistant messages may carry "reasoning_content" (the think block), "tool_calls" (OpenAI form)
-and "loss" (true/false: train this turn or not, whatever the loss mode). ms-swift's own spellings
+and "loss" (true/false: train this turn or not, whatever the loss mode); any message may carry
+"meta" (kept, not encoded), as the row may. ms-swift's own spellings
 are accepted too: `chat_template_kwargs.reasoning_effort`, `tool_call` messages (content
 {"name", "arguments"}) and `tool_response` for `tool`.
 """
@@ -20,7 +21,7 @@ from dataclasses import dataclass, field
 from .tokens import DEFAULT_EFFORT, EFFORTS, PREVIEW, RELEASE
 
 ROW_KEYS = {"messages", "reasoning_effort", "tools", "chat_template_kwargs", "meta"}  # meta: kept, not encoded
-MESSAGE_KEYS = {"role", "content", "reasoning_content", "tool_calls", "loss", "name", "tool_call_id"}
+MESSAGE_KEYS = {"role", "content", "reasoning_content", "tool_calls", "loss", "name", "tool_call_id", "meta"}
 ROLES = {"system", "user", "assistant", "tool", "tool_call", "tool_response"}
 CONTROL_TOKENS = sorted(set(RELEASE.all()) | set(PREVIEW.all()), key=len, reverse=True)
 _CONTROL = re.compile("|".join(re.escape(t) for t in CONTROL_TOKENS))  # longest first: the whole token matches
