@@ -225,15 +225,17 @@ def load_common(path: Path) -> dict:
     (tensors and plain data) admitting one class more, argparse.Namespace, which megatron-core and ms-swift
     store the training args as. Anything else in the file is refused, naming it."""
     import pickle
+    import warnings
 
     import torch
 
     try:
-        with torch.serialization.safe_globals([Namespace]):
+        with torch.serialization.safe_globals([Namespace]), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. "Detected pickle protocol 4": the error below says it all
             common = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        found = re.search(r"GLOBAL (\S+)", str(e))
-        what = f"it names {found[1]}" if found else str(e).splitlines()[0]
+        named, detail = re.search(r"GLOBAL (\S+)", str(e)), re.search(r"WeightsUnpickler error:\s*(.+)", str(e))
+        what = f"it names {named[1]}" if named else detail[1].strip() if detail else "unsupported content"
         raise Hy3Error(f"{path}: refused to unpickle: {what}, which is not plain data (expected the training "
                        f"args, iteration and metadata only); a checkpoint file must not run code") from None
     except Exception as e:  # noqa: BLE001 - a truncated or foreign file: one message for the user
