@@ -12,8 +12,8 @@ import subprocess
 
 import pytest
 
+from cli_inprocess import assert_flag_error, hy3
 from conftest import REPO, TEST_RECIPE, assert_one_error, copy_checkpoint
-from megatron_hy.cli import main
 from megatron_hy.errors import Hy3Error
 from megatron_hy.launch import resolve_cluster
 
@@ -21,23 +21,6 @@ TWO_NODES = TEST_RECIPE.replace("nodes: 1", "nodes: 2").replace("expert_model_pa
                                                                  "expert_model_parallel_size: 16")
 LAUNCH_VARS = ("IP_LIST", "LOCAL_IP", "NNODES", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT", "SLURM_JOB_NODELIST",
                "SLURM_NODEID", "SLURM_NNODES")
-
-
-def hy3(capsys, *args) -> subprocess.CompletedProcess:
-    """`hy3 ARGS` in this process (an uncaught exception fails the test, as a traceback would)."""
-    try:
-        rc = main([str(a) for a in args])
-    except SystemExit as e:  # argparse's own error
-        rc = e.code
-    out = capsys.readouterr()
-    return subprocess.CompletedProcess(args, rc, out.out, out.err)
-
-
-def assert_flag_error(proc: subprocess.CompletedProcess, flag: str, expected: str) -> None:
-    """argparse's refusal of a flag value: exit 2, one `error:` line naming the flag and what it expects."""
-    assert proc.returncode == 2, proc
-    lines = [ln for ln in proc.stderr.splitlines() if ": error: " in ln]
-    assert len(lines) == 1 and f"argument {flag}: expected {expected}" in lines[0], proc.stderr
 
 
 def config_dir(tmp_path, src, name="c", **change):

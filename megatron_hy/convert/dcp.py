@@ -218,7 +218,7 @@ def _pread_all(path: Path, offset: int, length: int) -> bytes:
 
 
 # What a DCP `.metadata` pickle is made of (torch's FileSystemWriter, megatron-core's save strategies,
-# our write_metadata): the DCP metadata and save-plan classes, torch.Size, dtypes and layouts. Nothing else
+# our write_metadata): the DCP metadata and save-plan classes, torch.Size, dtypes, layouts, paths. Nothing else
 # is looked up while unpickling, so a crafted file cannot name a function to call.
 _DCP_CLASSES = {
     "torch.distributed.checkpoint.metadata": {"Metadata", "TensorStorageMetadata", "BytesStorageMetadata",
@@ -230,6 +230,7 @@ _DCP_CLASSES = {
     "torch.serialization": {"_get_layout"},
     "torch": {"Size"},
     "collections": {"OrderedDict"},
+    "pathlib": {"PosixPath", "PurePosixPath", "WindowsPath", "PureWindowsPath"},  # StorageMeta.checkpoint_id
 }
 # Empty classes megatron-core keeps only so that old checkpoints unpickle; stand-ins here spare the import.
 _MCORE_PLACEHOLDERS = ("megatron.core.dist_checkpointing.strategies.torch", {"MCoreMetadata", "MCoreSavePlan"})
