@@ -65,33 +65,23 @@ def number(v, where: str | None, name: str, positive: bool = False) -> float:
     return float(v)
 
 
-def boolean(v, where: str | None, name: str) -> bool:
-    if not isinstance(v, bool):
-        raise bad(where, name, "true or false", v)
-    return v
+def _of_kind(test, expected: str):
+    def check(v, where: str | None, name: str):
+        if not test(v):
+            raise bad(where, name, expected, v)
+        return v
+    return check
 
 
-def string(v, where: str | None, name: str) -> str:
-    if not isinstance(v, str):
-        raise bad(where, name, "a string", v)
-    return v
+boolean = _of_kind(lambda v: isinstance(v, bool), "true or false")
+string = _of_kind(lambda v: isinstance(v, str), "a string")
+string_list = _of_kind(lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v), "a list of strings")
+mapping = _of_kind(lambda v: isinstance(v, dict), "an object ({...})")
 
 
 def choice(v, where: str | None, name: str, choices) -> str:
     if not isinstance(v, str) or v not in choices:
         raise bad(where, name, "one of " + ", ".join(repr(c) for c in choices), v)
-    return v
-
-
-def string_list(v, where: str | None, name: str) -> list[str]:
-    if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
-        raise bad(where, name, "a list of strings", v)
-    return v
-
-
-def mapping(v, where: str | None, name: str) -> dict:
-    if not isinstance(v, dict):
-        raise bad(where, name, "an object ({...})", v)
     return v
 
 
