@@ -122,27 +122,20 @@ def flag_int(lo: int | None = None, hi: int | None = None):
             raise argparse.ArgumentTypeError(f"expected {expected}, found {text!r}")
         return int(text)
 
-    parse.__name__ = expected  # what argparse names in its own messages
     return parse
 
 
-def flag_float(positive: bool = True):
-    expected = "a number > 0" if positive else "a finite number"
-
-    def parse(text: str) -> float:
-        try:
-            v = float(text)
-        except ValueError:
-            v = math.nan
-        if not math.isfinite(v) or (positive and v <= 0):
-            raise argparse.ArgumentTypeError(f"expected {expected}, found {text!r}")
-        return v
-
-    parse.__name__ = expected
-    return parse
+def _positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        v = math.nan
+    if not math.isfinite(v) or v <= 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, found {text!r}")
+    return v
 
 
 POSITIVE_INT = flag_int(lo=1)
 COUNT = flag_int(lo=0)
 PORT = flag_int(1, 65535)
-POSITIVE_FLOAT = flag_float()
+POSITIVE_FLOAT = _positive_float
