@@ -244,3 +244,11 @@ def test_negative_iteration_is_refused_before_anything_is_written(tiny_inner, tm
 def test_max_length_zero_is_refused(tmp_path, capsys, command):
     assert_flag_error(hy3(capsys, *command, "--max-length", "0"), "--max-length", "an integer >= 1")
     assert not (tmp_path / "out.jsonl").exists()
+
+
+@pytest.mark.parametrize("flags, message", [(["--heads", "3"], "not a multiple of num_key_value_heads 2"),
+                                            (["--top-k", "9"], "must be between 1 and num_experts 8")])
+def test_make_tiny_refuses_flags_that_contradict_each_other(tmp_path, capsys, flags, message):
+    assert_one_error(hy3(capsys, "make-tiny", tmp_path / "t", *flags), "make-tiny flags", message)
+    assert_flag_error(hy3(capsys, "make-tiny", tmp_path / "t", "--layers", "0"), "--layers", "an integer >= 1")
+    assert not (tmp_path / "t").exists()
