@@ -47,6 +47,19 @@ if [[ -z "${NODE_RANK:-}" ]]; then
     echo "train.sh: none of IP_LIST ($IP_LIST) is an address of this machine; set LOCAL_IP or NODE_RANK" >&2
     exit 1
 fi
+# integer settings: refused here with one line rather than by torchrun later
+check_int() {  # NAME VALUE LO [HI]
+    local name=$1 value=$2 lo=$3 hi=${4:-}
+    if [[ "$value" =~ ^[0-9]{1,9}$ ]] && (( 10#$value >= lo )) && [[ -z "$hi" || 10#$value -le $hi ]]; then
+        return 0
+    fi
+    echo "train.sh: $name: expected an integer $([[ -n "$hi" ]] && echo "from $lo to $hi" || echo ">= $lo"), found '$value'" >&2
+    exit 1
+}
+check_int NODE_RANK "$NODE_RANK" 0 $((NNODES - 1))
+check_int MASTER_PORT "$MASTER_PORT" 1 65535
+check_int HOST_GPU_NUM "$HOST_GPU_NUM" 1
+NODE_RANK=$((10#$NODE_RANK)) MASTER_PORT=$((10#$MASTER_PORT)) HOST_GPU_NUM=$((10#$HOST_GPU_NUM))
 
 # ms-swift's `megatron` re-launches itself under torchrun from these (swift/cli/main.py).
 export NPROC_PER_NODE=$HOST_GPU_NUM NNODES NODE_RANK MASTER_ADDR MASTER_PORT

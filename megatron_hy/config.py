@@ -12,6 +12,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from . import fields
 from .errors import Hy3Error
 
 HY3_MODEL_TYPES = ("hy_v3",)
@@ -149,62 +150,69 @@ class Hy3Config:
 
 # --- reading ----------------------------------------------------------------------------------
 
-def _first(d: dict, *names, default=None):
-    for n in names:
-        if n in d and d[n] is not None:
-            return d[n]
-    return default
-
-
-def _need(d: dict, where: str, *names) -> int:
-    v = _first(d, *names)
-    if v is None:
-        raise Hy3Error(f"{where}: missing field {names[0]!r}" + (f" (or {', '.join(map(repr, names[1:]))})" if len(names) > 1 else ""))
-    return v
+DTYPES = ("bfloat16", "float16", "float32")
+_ROUTER_FLAGS = (("moe_router_use_sigmoid", "a sigmoid router"), ("route_norm", "normalized top-k weights"),
+                 ("moe_router_enable_expert_bias", "an expert-bias router"), ("qk_norm", "q/k RMSNorm"))
 
 
 def is_hy3(d: dict) -> bool:
     archs = d.get("architectures") or []
-    return d.get("model_type") in HY3_MODEL_TYPES or any(a in HY3_ARCHITECTURES for a in archs)
+    return d.get("model_type") in HY3_MODEL_TYPES or (isinstance(archs, list) and
+                                                      any(a in HY3_ARCHITECTURES for a in archs if isinstance(a, str)))
+
+
+def _per_layer(v, where: str, name: str, lo: int):
+    """A count that Tencent's configs may give per layer as a list: Hy3 uses one value for every layer."""
+    if isinstance(v, list):
+        if not v:
+            raise fields.bad(where, name, f"{fields.int_range(lo)} or a list of them", v)
+        first = fields.integer(v[0], where, name, lo=lo)
+        if any(fields.integer(x, where, name, lo=lo) != first for x in v):
+            raise fields.bad(where, name, "the same value for every layer", v)
+        return first
+    return fields.integer(v, where, name, lo=lo)
+
+
+def _token_id(v, where: str, name: str):
+    if isinstance(v, list):
+        return [fields.integer(x, where, name, lo=0) for x in v]
+    return fields.integer(v, where, name, lo=0)
 
 
 def config_from_dict(d: dict, where: str = "config") -> Hy3Config:
+    """The normalized config, every field we read checked for its type and range (see fields.py)."""
     _check_hy3(d, where)
-    num_layers = int(_need(d, where, "num_hidden_layers", "num_layers"))
-    hidden = int(_need(d, where, "hidden_size"))
-    heads = int(_need(d, where, "num_attention_heads"))
-    kv_heads = int(_first(d, "num_key_value_heads", default=heads))
-    head_dim = int(_first(d, "head_dim", "attention_head_dim", default=hidden // heads))
-    top_k = _need(d, where, "num_experts_per_tok", "moe_topk")
-    if isinstance(top_k, list):
-        top_k = top_k[0]
-    num_shared = _first(d, "num_shared_experts", "num_shared_expert", "n_shared_experts", default=1)
-    if isinstance(num_shared, list):
-        num_shared = num_shared[0]
-
-    types = _layer_types(d, where, num_layers)
-    theta = _rope_theta(d, where)
+    get, count, num, flag = fields.get, fields.integer, fields.number, fields.boolean
+    num_layers = get(d, where, ("num_hidden_layers", "num_layers"), count, lo=1)
+    hidden = get(d, where, "hidden_size", count, lo=1)
+    heads = get(d, where, "num_attention_heads", count, lo=1)
+    kv_heads = get(d, where, "num_key_value_heads", count, default=heads, lo=1)
+    head_dim = get(d, where, ("head_dim", "attention_head_dim"), count, default=hidden // heads, lo=1)
+    for k in ("bos_token_id", "eos_token_id", "pad_token_id"):
+        get(d, where, k, _token_id, default=None)
     cfg = Hy3Config(
-        vocab_size=int(_need(d, where, "vocab_size")),
+        vocab_size=get(d, where, "vocab_size", count, lo=1),
         hidden_size=hidden,
-        intermediate_size=int(_need(d, where, "intermediate_size")),
+        intermediate_size=get(d, where, "intermediate_size", count, lo=1),
         num_layers=num_layers,
         num_heads=heads,
         num_kv_heads=kv_heads,
         head_dim=head_dim,
-        num_experts=int(_need(d, where, "num_experts", "num_local_experts", "n_routed_experts")),
-        top_k=int(top_k),
-        moe_ffn=int(_need(d, where, "moe_intermediate_size", "expert_hidden_dim")),
-        num_shared_experts=int(num_shared),
-        router_scaling_factor=float(_first(d, "router_scaling_factor", "routed_scaling_factor", default=2.826)),
-        layer_types=tuple(types),
-        num_mtp_layers=int(_first(d, "num_nextn_predict_layers", "num_mtp_layers", default=0)),
-        rope_theta=theta,
-        rms_norm_eps=float(_first(d, "rms_norm_eps", default=1e-5)),
-        tie_word_embeddings=bool(_first(d, "tie_word_embeddings", default=False)),
-        max_position_embeddings=int(_first(d, "max_position_embeddings", default=262144)),
-        enable_moe_fp32_combine=bool(_first(d, "enable_moe_fp32_combine", default=True)),
-        dtype=_first(d, "dtype", "torch_dtype"),
+        num_experts=get(d, where, ("num_experts", "num_local_experts", "n_routed_experts"), count, lo=1),
+        top_k=get(d, where, ("num_experts_per_tok", "moe_topk"), _per_layer, lo=1),
+        moe_ffn=get(d, where, ("moe_intermediate_size", "expert_hidden_dim"), count, lo=1),
+        num_shared_experts=get(d, where, ("num_shared_experts", "num_shared_expert", "n_shared_experts"), _per_layer,
+                               default=1, lo=1),
+        router_scaling_factor=get(d, where, ("router_scaling_factor", "routed_scaling_factor"), num, default=2.826,
+                                  positive=True),
+        layer_types=tuple(_layer_types(d, where, num_layers)),
+        num_mtp_layers=get(d, where, ("num_nextn_predict_layers", "num_mtp_layers"), count, default=0, lo=0),
+        rope_theta=_rope_theta(d, where),
+        rms_norm_eps=get(d, where, "rms_norm_eps", num, default=1e-5, positive=True),
+        tie_word_embeddings=get(d, where, "tie_word_embeddings", flag, default=False),
+        max_position_embeddings=get(d, where, "max_position_embeddings", count, default=262144, lo=1),
+        enable_moe_fp32_combine=get(d, where, "enable_moe_fp32_combine", flag, default=True),
+        dtype=get(d, where, ("dtype", "torch_dtype"), fields.choice, default=None, choices=DTYPES),
         raw=dict(d),
     )
     _validate(cfg, where)
@@ -215,54 +223,53 @@ def _check_hy3(d: dict, where: str) -> None:
     """A Hy3 config, and none of the switches that would make it a model Hy3's mapping does not describe."""
     if not isinstance(d, dict):
         raise Hy3Error(f"{where}: expected a JSON object")
+    fields.get(d, where, "model_type", fields.string, default=None)
+    fields.get(d, where, "architectures", fields.string_list, default=None)
     if not is_hy3(d):
         raise Hy3Error(
             f"{where}: not a Hy3 config (model_type {d.get('model_type')!r}, architectures {d.get('architectures')!r}); "
             f"expected model_type 'hy_v3' or architectures {list(HY3_ARCHITECTURES[:1])}")
-    for flag, meaning in (("moe_router_use_sigmoid", "a sigmoid router"), ("route_norm", "normalized top-k weights"),
-                          ("moe_router_enable_expert_bias", "an expert-bias router"), ("qk_norm", "q/k RMSNorm")):
-        if d.get(flag) is False:
+    for flag, meaning in _ROUTER_FLAGS:
+        if fields.get(d, where, flag, fields.boolean, default=None) is False:
             raise Hy3Error(f"{where}: {flag} is false, but Hy3 uses {meaning}; this config is not supported")
 
 
 def _layer_types(d: dict, where: str, num_layers: int) -> list[str]:
     """Per decoder layer, "dense" or "sparse": mlp_layer_types (transformers) or first_k_dense_replace (Tencent)."""
-    types = d.get("mlp_layer_types")
-    k_dense = d.get("first_k_dense_replace")
+    types = fields.get(d, where, "mlp_layer_types", fields.string_list, default=None)
+    k_dense = fields.get(d, where, "first_k_dense_replace", fields.integer, default=None, lo=0)
     if types is None:
-        k = 1 if k_dense is None else int(k_dense)
+        k = 1 if k_dense is None else k_dense
         return ["dense"] * min(k, num_layers) + ["sparse"] * max(num_layers - k, 0)
-    types = list(types)
     bad = [t for t in types if t not in ("dense", "sparse")]
     if bad:
         raise Hy3Error(f"{where}: mlp_layer_types has {bad[0]!r}; expected 'dense' or 'sparse'")
     if len(types) != num_layers:
         raise Hy3Error(f"{where}: mlp_layer_types has {len(types)} entries, num_hidden_layers is {num_layers}")
     if k_dense is not None:
-        expect = ["dense"] * int(k_dense) + ["sparse"] * (num_layers - int(k_dense))
+        expect = ["dense"] * k_dense + ["sparse"] * (num_layers - k_dense)
         if types != expect:
             raise Hy3Error(f"{where}: first_k_dense_replace={k_dense} disagrees with mlp_layer_types {types}")
-    return types
+    return list(types)
 
 
 def _rope_theta(d: dict, where: str) -> float:
-    rope = d.get("rope_parameters") or d.get("rope_scaling") or {}
-    if rope.get("rope_type", rope.get("type", "default")) not in ("default", None):
-        raise Hy3Error(f"{where}: rope type {rope.get('rope_type', rope.get('type'))!r} is not supported (Hy3 uses default RoPE)")
-    return float(_first(rope, "rope_theta", default=_first(d, "rope_theta", default=DEFAULT_ROPE_THETA)))
+    name = "rope_parameters" if d.get("rope_parameters") is not None else "rope_scaling"
+    rope = fields.get(d, where, name, fields.mapping, default={})
+    kind = rope.get("rope_type", rope.get("type", "default"))
+    if kind not in ("default", None):
+        raise Hy3Error(f"{where}: rope type {kind!r} is not supported (Hy3 uses default RoPE)")
+    theta = fields.get(d, where, "rope_theta", fields.number, default=DEFAULT_ROPE_THETA, positive=True)
+    return fields.get(rope, f"{where}: {name}", "rope_theta", fields.number, default=theta, positive=True)
 
 
 def _validate(c: Hy3Config, where: str) -> None:
+    """Relations between fields (each field's own type and range are checked as it is read)."""
     problems = []
     if c.num_heads % c.num_kv_heads:
         problems.append(f"num_attention_heads {c.num_heads} is not a multiple of num_key_value_heads {c.num_kv_heads}")
     if not 1 <= c.top_k <= c.num_experts:
         problems.append(f"num_experts_per_tok {c.top_k} must be between 1 and num_experts {c.num_experts}")
-    if c.num_mtp_layers < 0:
-        problems.append(f"num_nextn_predict_layers {c.num_mtp_layers} is negative")
-    for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "head_dim", "num_experts", "moe_ffn"):
-        if getattr(c, name) <= 0:
-            problems.append(f"{name} must be positive, got {getattr(c, name)}")
     if problems:
         raise Hy3Error(f"{where}: " + "; ".join(problems))
 

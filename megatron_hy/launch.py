@@ -23,6 +23,7 @@ import subprocess
 from dataclasses import dataclass, replace
 
 from .errors import Hy3Error
+from .fields import env_int, integer
 from .plan.recipe import Recipe, to_cli
 
 # NCCL and CUDA settings every node gets: the one place they are set. Cluster-specific network knobs
@@ -132,7 +133,9 @@ def resolve_cluster(mode: str, nodes: int, environ: dict, ip_list: str | None = 
         else:
             raise Hy3Error(f"the recipe is for {nodes} nodes: set IP_LIST=ip1,ip2,... (or pass --ip-list), run "
                            f"under Slurm (srun, one task per node), or set NNODES, NODE_RANK and MASTER_ADDR")
-    port = port or int(environ.get("MASTER_PORT") or DEFAULT_PORT)
+    if port is None:
+        port = env_int(environ, "MASTER_PORT", 1, 65535)
+    port = DEFAULT_PORT if port is None else integer(port, None, "--master-port", 1, 65535)
     if mode == "single":
         if nodes != 1:
             raise Hy3Error(f"--launcher single runs one node, but the recipe is for {nodes}")
@@ -144,22 +147,20 @@ def resolve_cluster(mode: str, nodes: int, environ: dict, ip_list: str | None = 
             raise Hy3Error("IP_LIST is empty; expected ip1,ip2,... with the master first")
         if len(set(hosts)) != len(hosts):
             raise Hy3Error(f"IP_LIST lists an address twice: {text}")
-        rank = None
-        if environ.get("NODE_RANK") is not None:
-            rank = int(environ["NODE_RANK"])
-        else:
+        _check_count(len(hosts), nodes, "IP_LIST")
+        rank = _node_rank(environ, "NODE_RANK", len(hosts), "IP_LIST")
+        if rank is None:
             mine = {environ["LOCAL_IP"]} if environ.get("LOCAL_IP") else (local if local is not None else local_addresses())
             found = [i for i, h in enumerate(hosts) if h in mine]
             rank = found[0] if found else None
-        _check_count(len(hosts), nodes, "IP_LIST")
         return Cluster(hosts, hosts[0], port, rank)
     if mode == "env":
         missing = [k for k in ("NNODES", "MASTER_ADDR") if not environ.get(k)]
         if missing:
             raise Hy3Error(f"--launcher env needs {', '.join(missing)} in the environment")
-        n = int(environ["NNODES"])
+        n = env_int(environ, "NNODES", lo=1)
         _check_count(n, nodes, "NNODES")
-        rank = int(environ["NODE_RANK"]) if environ.get("NODE_RANK") is not None else None
+        rank = _node_rank(environ, "NODE_RANK", n, "NNODES")
         hosts = [environ["MASTER_ADDR"]] + [""] * (n - 1)   # the scheduler knows the others
         return Cluster(hosts, environ["MASTER_ADDR"], port, rank)
     if mode == "slurm":
@@ -167,9 +168,14 @@ def resolve_cluster(mode: str, nodes: int, environ: dict, ip_list: str | None = 
             raise Hy3Error("--launcher slurm needs SLURM_JOB_NODELIST (run inside an allocation, via srun)")
         hosts = expand_hostlist(environ["SLURM_JOB_NODELIST"])
         _check_count(len(hosts), nodes, "SLURM_JOB_NODELIST")
-        rank = int(environ["SLURM_NODEID"]) if environ.get("SLURM_NODEID") is not None else None
+        rank = _node_rank(environ, "SLURM_NODEID", len(hosts), "SLURM_JOB_NODELIST")
         return Cluster(hosts, hosts[0], port, rank)
     raise Hy3Error(f"unknown launcher {mode!r}; expected one of {', '.join(MODES)}")
+
+
+def _node_rank(environ: dict, name: str, n: int, source: str) -> int | None:
+    """This node's rank from the environment: an integer naming one of the n nodes, or None when unset."""
+    return env_int(environ, name, 0, n - 1, expected=f"an integer from 0 to {n - 1} ({source} names {n} node(s))")
 
 
 def _check_count(found: int, nodes: int, source: str) -> None:

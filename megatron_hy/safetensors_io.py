@@ -78,11 +78,12 @@ def read_header(path: Path) -> tuple[dict[str, TensorInfo], dict]:
     out: dict[str, TensorInfo] = {}
     for key, ent in header.items():
         try:
-            dtype, shape = ent["dtype"], tuple(int(x) for x in ent["shape"])
-            s, e = (int(x) for x in ent["data_offsets"])
+            dtype, shape, (s, e) = ent["dtype"], tuple(ent["shape"]), ent["data_offsets"]
+            if not isinstance(dtype, str) or not all(_is_int(x) for x in (*shape, s, e)):
+                raise TypeError
         except (KeyError, TypeError, ValueError):
             raise Hy3Error(f"{path}: corrupt safetensors header entry for {key!r} "
-                           "(expected dtype, shape and data_offsets [start, end])") from None
+                           "(expected dtype, shape and data_offsets [start, end], as integers)") from None
         if dtype not in ITEMSIZE:
             raise Hy3Error(f"{path}: {key}: unknown dtype {dtype!r}")
         want = math.prod(shape) * ITEMSIZE[dtype]
@@ -96,6 +97,10 @@ def read_header(path: Path) -> tuple[dict[str, TensorInfo], dict]:
         if start < end:
             raise Hy3Error(f"{path}: corrupt safetensors header: the bytes of {a} and {b} overlap")
     return out, meta
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
 
 
 @dataclass

@@ -151,6 +151,30 @@ def test_lora_from_mcore_bridge_merges_as_mcore_bridge_merges(swift_run, lora_ba
         assert worst <= 1e-6, (fmt, worst)
 
 
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_swift_checkpoints_pass_the_restricted_unpicklers(swift_run, lora_base, tmp_path, layout):
+    """What ms-swift's savers write passes our loaders that run no code from a file: megatron-core's `.metadata`
+    (with its save plans) reads as plain pickle reads it; without args.json, an adapter's settings come from the
+    args ms-swift pickled into common.pt, and equal those of args.json."""
+    import pickle
+    import shutil
+
+    from megatron_hy.convert.dcp import load_metadata
+    from megatron_hy.lora.adapters import load_common, open_adapter
+
+    lora = swift_run.out(layout) / "lora" / "dist"
+    for it in (swift_run.out(layout) / "swift-save" / "iter_0000001", lora / "iter_0000001"):
+        ours, plain = load_metadata(it / ".metadata"), pickle.loads((it / ".metadata").read_bytes())
+        assert ours.state_dict_metadata == plain.state_dict_metadata and ours.storage_data == plain.storage_data
+        assert vars(load_common(it / "common.pt")["args"])["tuner_type"] in ("lora", "full")
+    cfg = load_config(lora_base)
+    alone = shutil.copytree(lora, tmp_path / "adapter")
+    (alone / "args.json").unlink()
+    a, b = open_adapter(lora, cfg), open_adapter(alone, cfg)
+    assert (a.rank, a.alpha, a.saved_tp, a.scaling) == (b.rank, b.alpha, b.saved_tp, b.scaling) \
+        == (4, 8.0, 2 if layout == "tp2" else 1, 2.0)
+
+
 def test_config_to_swift_prints_the_plugin(tiny_inner):
     out = assert_ok(run_cli("config", tiny_inner, "--to", "swift")).stdout
     line = next(ln for ln in out.splitlines() if ln.startswith("--custom_register_path"))

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from ..fields import COUNT
+
 
 def add_check_args(p) -> None:
     p.add_argument("dir", metavar="DIR", help="checkpoint directory (inner or outer layout)")
-    p.add_argument("--spot-check", type=int, default=3, metavar="N",
+    p.add_argument("--spot-check", type=COUNT, default=3, metavar="N",
                    help="number of shard files whose tensors are read and checked for NaN/Inf (default 3, 0 = none)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the report")
 

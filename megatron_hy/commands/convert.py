@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from ..fields import COUNT, POSITIVE_INT
+
 
 def register(sub) -> None:
     p = sub.add_parser("convert", help="convert checkpoints between layouts and formats",
@@ -15,7 +17,7 @@ def register(sub) -> None:
                                                        "other files are carried over.")
         q.add_argument("input", metavar="IN", help="input checkpoint directory")
         q.add_argument("output", metavar="OUT", help="output directory (must not exist unless --overwrite)")
-        q.add_argument("--workers", type=int, default=8, help="shards written in parallel (default 8)")
+        q.add_argument("--workers", type=POSITIVE_INT, default=8, help="shards written in parallel (default 8)")
         q.add_argument("--max-shard-size", default="5GB", help="largest output shard, e.g. 5GB or 500MB (default 5GB)")
         q.add_argument("--overwrite", action="store_true", help="replace OUT if it exists (only once the new one is complete)")
         q.add_argument("--quiet", action="store_true", help="no progress output")
@@ -29,13 +31,13 @@ def register(sub) -> None:
                                  "in chunks of at most 64 MB. The checkpoint loads under any TP/PP/EP/ETP.")
     q.add_argument("input", metavar="HF_DIR", help="HF Hy3 checkpoint (inner or outer layout)")
     q.add_argument("output", metavar="OUT", help="output directory (must not exist unless --overwrite)")
-    q.add_argument("--workers", type=int, default=4, help="data files written in parallel (default 4)")
+    q.add_argument("--workers", type=POSITIVE_INT, default=4, help="data files written in parallel (default 4)")
     q.add_argument("--dtype", choices=["bf16", "fp32", "fp16"], default=None,
                    help="weight dtype in the checkpoint (default: as in the HF files; the router expert bias stays fp32)")
-    q.add_argument("--padded-vocab", type=int, default=None,
+    q.add_argument("--padded-vocab", type=POSITIVE_INT, default=None,
                    help="rows of the embedding and output layer, if your Megatron run pads the vocabulary "
                         "(default: the vocabulary size, as ms-swift builds Hy3)")
-    q.add_argument("--iteration", type=int, default=1, help="iteration number to record (default 1, as swift export)")
+    q.add_argument("--iteration", type=COUNT, default=1, help="iteration number to record (default 1, as swift export)")
     q.add_argument("--max-file-size", default="2GB",
                    help="largest data file, e.g. 2GB; files are the unit a resumed run skips (default 2GB)")
     q.add_argument("--overwrite", action="store_true", help="replace OUT if it exists (only once the new one is complete)")
@@ -53,10 +55,10 @@ def register(sub) -> None:
                    help="HF Hy3 directory whose config.json describes the model (its tokenizer files are copied)")
     q.add_argument("--format", choices=["inner", "outer"], default="inner",
                    help="inner: one tensor per expert, as published (default); outer: fused 3D experts")
-    q.add_argument("--iteration", type=int, default=None, help="iteration to read (default: the tracker file's)")
+    q.add_argument("--iteration", type=COUNT, default=None, help="iteration to read (default: the tracker file's)")
     q.add_argument("--dtype", choices=["bf16", "fp32", "fp16"], default=None,
                    help="weight dtype (default: config.json's dtype; the expert bias stays fp32 as in HF Hy3)")
-    q.add_argument("--workers", type=int, default=4, help="shards written in parallel (default 4)")
+    q.add_argument("--workers", type=POSITIVE_INT, default=4, help="shards written in parallel (default 4)")
     q.add_argument("--max-shard-size", default="5GB", help="largest output shard, e.g. 5GB or 500MB (default 5GB)")
     q.add_argument("--overwrite", action="store_true", help="replace OUT if it exists (only once the new one is complete)")
     q.add_argument("--quiet", action="store_true", help="no progress output")

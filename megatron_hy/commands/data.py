@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ..errors import Hy3Error
+from ..fields import COUNT, POSITIVE_INT
 
 ROW_FORMAT = ("A Hy3 row is one JSON object: {\"reasoning_effort\": \"high|low|no_think\" (optional, default "
               "no_think), \"tools\": [...] (optional), \"messages\": [{\"role\": \"system|user|assistant|tool\", "
@@ -30,7 +31,7 @@ def _add_validate(d) -> None:
                                  "turns, control tokens inside text. Exit 1 when any row has an error. " + ROW_FORMAT)
     q.add_argument("files", nargs="+", metavar="FILE", help=".jsonl (one row per line) or .json (an array of rows)")
     q.add_argument("--json", action="store_true", help="print every finding as one JSON object")
-    q.add_argument("--show", type=int, default=50, metavar="N",
+    q.add_argument("--show", type=COUNT, default=50, metavar="N",
                    help="print at most N errors and N warnings, count the rest (default 50)")
     q.set_defaults(func=run_validate)
 
@@ -72,7 +73,7 @@ def _add_encode(d) -> None:
     q.add_argument("input", metavar="FILE", help="Hy3 rows, .jsonl or .json")
     q.add_argument("output", metavar="OUT", help="output .jsonl (written as OUT.partial, renamed when complete)")
     _encoder_args(q)
-    q.add_argument("--max-length", type=int, metavar="N", help="longest example in tokens (default: no limit)")
+    q.add_argument("--max-length", type=POSITIVE_INT, metavar="N", help="longest example in tokens (default: no limit)")
     q.add_argument("--overflow", choices=["skip", "truncate", "error"], default="skip",
                    help="an example longer than --max-length: skip it and report it (default), keep its first N "
                         "tokens (an example left with no token in the loss is dropped and counted), or stop with "
@@ -96,7 +97,7 @@ def _add_stats(d) -> None:
                    help="token set (default: from the tokenizer's bos_token)")
     q.add_argument("--loss-mode", choices=["all", "last", "per-turn"], default="all",
                    help="which assistant turns are in the loss (default all)")
-    q.add_argument("--max-length", type=int, metavar="N", help="count and list examples longer than N tokens")
+    q.add_argument("--max-length", type=POSITIVE_INT, metavar="N", help="count and list examples longer than N tokens")
     q.add_argument("--json", action="store_true", help="print one JSON object")
     q.set_defaults(func=run_stats)
 
@@ -117,7 +118,7 @@ def _add_check_template(d) -> None:
     q.add_argument("--preserved-thinking", choices=["default", "true", "false"], default="default",
                    help="keep reasoning in turns before the last user turn: default follows the template "
                         "(only when the row has tools)")
-    q.add_argument("--show", type=int, default=20, metavar="N", help="print at most N disagreements (default 20)")
+    q.add_argument("--show", type=COUNT, default=20, metavar="N", help="print at most N disagreements (default 20)")
     q.set_defaults(func=run_check_template)
 
 

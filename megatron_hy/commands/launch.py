@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..fields import PORT, POSITIVE_FLOAT, integer
 from .plan import add_cluster_args
 
 
@@ -25,7 +26,7 @@ def register(sub) -> None:
                         "(`hy3 data encode --swift-dataset`, so reasoning_effort and reasoning_content reach the "
                         "loss) and passed as --cached_dataset with --template hy3; a directory from `hy3 data encode "
                         "--swift-dataset` -> --cached_dataset; anything else (dataset ids) -> --dataset")
-    p.add_argument("--data-timeout", type=float, default=7200, metavar="S",
+    p.add_argument("--data-timeout", type=POSITIVE_FLOAT, default=7200, metavar="S",
                    help="how long nodes other than node 0 wait for the encoded dataset (default 7200 s)")
     p.add_argument("--output-dir", metavar="DIR",
                    help="where checkpoints go; must be the same shared path on every node -> --output_dir")
@@ -35,7 +36,7 @@ def register(sub) -> None:
                    help="where the node list comes from (default auto: IP_LIST, then Slurm, then one node, then "
                         "NNODES/MASTER_ADDR)")
     p.add_argument("--ip-list", metavar="IP1,IP2,...", help="node addresses, master first (default: $IP_LIST)")
-    p.add_argument("--master-port", type=int, metavar="PORT",
+    p.add_argument("--master-port", type=PORT, metavar="PORT",
                    help="rendezvous port on the master (default: $MASTER_PORT or 29500)")
     p.add_argument("--dry-run", action="store_true", help="print every node's command and environment; run nothing")
     p.add_argument("--skip-plan", action="store_true",
@@ -59,6 +60,8 @@ def run(args) -> int:
 
     recipe = with_overrides(load_recipe(args.recipe), args.set, args.nodes, args.gpus_per_node, args.gpu_mem,
                             args.host_mem)
+    if recipe.args.get("max_length") is not None:  # 0 would mean "no limit" to the encoder, not what was asked
+        integer(recipe.args["max_length"], f"{recipe.path}: args", "max_length", lo=1)
     data = plan_data(args.dataset, args.output_dir, recipe.args) if not args.export else plan_data([], None, {})
     paths = {"model": args.model, "mcore_model": args.mcore_model, "mcore_adapter": args.mcore_adapter,
              **(data.flags() if not args.export else {"dataset": args.dataset}), "output_dir": args.output_dir}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from ..fields import POSITIVE_FLOAT, POSITIVE_INT
+
 ADAPTER_HELP = ("adapter directory: a Megatron torch_dist adapter checkpoint (ms-swift --mcore_adapter / "
                 "--save_safetensors false), ms-swift's safetensors adapter, or an HF PEFT adapter for HYV3")
 RSLORA_HELP = ("scaling: auto (default) uses alpha/r for adapters trained with ms-swift's Megatron LoRA, whose layers "
@@ -23,7 +25,7 @@ def register(sub) -> None:
     q.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default=None,
                    help="weight dtype of the output (default: the base's; the router expert bias stays fp32)")
     q.add_argument("--rslora", choices=["auto", "on", "off"], default="auto", help=RSLORA_HELP)
-    q.add_argument("--workers", type=int, default=4, help="shards written in parallel (default 4)")
+    q.add_argument("--workers", type=POSITIVE_INT, default=4, help="shards written in parallel (default 4)")
     q.add_argument("--max-shard-size", default="5GB", help="largest output shard, e.g. 5GB (default 5GB)")
     q.add_argument("--overwrite", action="store_true", help="replace OUT if it exists (only once the new one is complete)")
     q.add_argument("--quiet", action="store_true", help="no progress output")
@@ -52,9 +54,9 @@ def register(sub) -> None:
     q.add_argument("--targets", default="attention,dense,shared,experts,mtp",
                    help="comma-separated kinds: attention, dense, shared, experts, mtp, router "
                         "(default attention,dense,shared,experts,mtp)")
-    q.add_argument("--rank", type=int, default=4, help="LoRA rank (default 4)")
-    q.add_argument("--alpha", type=float, default=8.0, help="LoRA alpha (default 8)")
-    q.add_argument("--saved-tp", type=int, default=1, help="TP size the torch_dist adapter is laid out for (default 1)")
+    q.add_argument("--rank", type=POSITIVE_INT, default=4, help="LoRA rank (default 4)")
+    q.add_argument("--alpha", type=POSITIVE_FLOAT, default=8.0, help="LoRA alpha (default 8)")
+    q.add_argument("--saved-tp", type=POSITIVE_INT, default=1, help="TP size the torch_dist adapter is laid out for (default 1)")
     q.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     q.add_argument("--zero", action="store_true", help="all-zero lora_B (a no-op adapter)")
     q.set_defaults(func=run_make_tiny)

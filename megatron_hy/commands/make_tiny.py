@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import fields
 
+from ..fields import COUNT, POSITIVE_INT
+
 
 def register(sub) -> None:
     from ..tiny import TinySpec
@@ -27,15 +29,18 @@ def register(sub) -> None:
              "expert_ffn": "expert FFN size", "shared_experts": "shared experts", "vocab": "vocabulary size",
              "mtp": "MTP layers", "shards": "approximate number of shard files"}
     for f in fields(TinySpec):
-        p.add_argument("--" + f.name.replace("_", "-"), type=int, default=f.default,
+        p.add_argument("--" + f.name.replace("_", "-"), type=COUNT if f.name in ("dense_layers", "mtp") else POSITIVE_INT,
+                       default=f.default,
                        help=f"{helps[f.name]} (default {f.default})")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
+    from ..config import config_from_dict
     from ..tiny import TinySpec, write_tiny
 
     spec = TinySpec(**{f.name: getattr(args, f.name) for f in fields(TinySpec)})
+    config_from_dict(spec.config(args.dtype).to_tencent(), "make-tiny flags")  # heads vs kv heads, top-k vs experts
     out = write_tiny(args.outdir, spec, fmt=args.format, seed=args.seed, dtype=args.dtype,
                      config_style=args.config_style, tokenizer=not args.no_tokenizer)
     print(f"wrote tiny Hy3 ({args.format} layout) to {out}")

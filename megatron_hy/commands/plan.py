@@ -3,15 +3,17 @@
 
 from __future__ import annotations
 
+from ..fields import POSITIVE_FLOAT, POSITIVE_INT
+
 
 def add_cluster_args(p) -> None:
-    p.add_argument("--nodes", type=int, metavar="N", help="number of nodes (default: the recipe's cluster.nodes)")
-    p.add_argument("--gpus-per-node", type=int, metavar="G",
+    p.add_argument("--nodes", type=POSITIVE_INT, metavar="N", help="number of nodes (default: the recipe's cluster.nodes)")
+    p.add_argument("--gpus-per-node", type=POSITIVE_INT, metavar="G",
                    help="GPUs per node (default: the recipe's cluster.gpus_per_node)")
-    p.add_argument("--gpu-mem", type=float, metavar="GB",
+    p.add_argument("--gpu-mem", type=POSITIVE_FLOAT, metavar="GB",
                    help="memory per GPU as sold, e.g. 80 (H100/H800/A100-80G), 96 (H20), 141 (H200) "
                         "(default: the recipe's cluster.gpu_memory_gb)")
-    p.add_argument("--host-mem", type=float, metavar="GB",
+    p.add_argument("--host-mem", type=POSITIVE_FLOAT, metavar="GB",
                    help="host RAM per node, in GiB as `free -g` reports it, e.g. 2048; the verdict then covers "
                         "host memory too (default: the recipe's cluster.host_memory_gb, else not checked)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -46,18 +48,18 @@ def register(sub) -> None:
     p.add_argument("--plot", metavar="FILE.png",
                    help="also draw per-GPU memory by kind against the GPU's capacity and the fullest node's host "
                         "memory (for --search: the top layouts side by side); a new file")
-    p.add_argument("--gpu-tflops", type=float, metavar="T",
+    p.add_argument("--gpu-tflops", type=POSITIVE_FLOAT, metavar="T",
                    help="peak dense bf16 TFLOP/s per GPU for the step-time model (default by memory size: "
                         "80 -> 989 H100, 96 -> 148 H20, 141 -> 989 H200; an A100-80G is 312)")
-    p.add_argument("--measured-step", type=float, metavar="SECONDS",
+    p.add_argument("--measured-step", type=POSITIVE_FLOAT, metavar="SECONDS",
                    help="a real run's median seconds per step for this recipe: also print the MFU that makes the "
                         "step-time model match it (see docs/training.md, re-fitting the step-time model)")
     s = p.add_argument_group("search")
     s.add_argument("--search", action="store_true", help="search the layouts for the cluster given by the flags")
-    s.add_argument("--seq", type=int, metavar="L", help="sequence length (max_length) to search for")
+    s.add_argument("--seq", type=POSITIVE_INT, metavar="L", help="sequence length (max_length) to search for")
     s.add_argument("--lora", action="store_true", help="LoRA (attention adapters, rank 16) instead of full fine-tuning")
     s.add_argument("--mtp", action="store_true", help="train the MTP layer too")
-    s.add_argument("--top", type=int, default=10, metavar="N", help="layouts to print (default 10)")
+    s.add_argument("--top", type=POSITIVE_INT, default=10, metavar="N", help="layouts to print (default 10)")
     s.add_argument("--write-recipe", metavar="FILE",
                    help="write the best layout as a recipe (a new file) that `hy3 plan FILE` passes")
     p.set_defaults(func=run)

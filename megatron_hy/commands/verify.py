@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+from ..fields import POSITIVE_FLOAT, POSITIVE_INT
+
 
 def register(sub) -> None:
     p = sub.add_parser("verify", help="numerical checks against transformers",
@@ -17,10 +19,10 @@ def register(sub) -> None:
                                  "logits. Relative error is max|megatron - reference| / max|reference|. "
                                  "Exit 1 above the tolerance. Meant for small or tiny checkpoints.")
     q.add_argument("hf_dir", metavar="HF_DIR", help="HF Hy3 checkpoint (inner or outer layout)")
-    q.add_argument("--tp", type=int, default=1, help="tensor parallel size (default 1)")
-    q.add_argument("--pp", type=int, default=1, help="pipeline parallel size (default 1)")
-    q.add_argument("--ep", type=int, default=1, help="expert parallel size (default 1)")
-    q.add_argument("--etp", type=int, default=None, help="expert tensor parallel size (default: same as --tp)")
+    q.add_argument("--tp", type=POSITIVE_INT, default=1, help="tensor parallel size (default 1)")
+    q.add_argument("--pp", type=POSITIVE_INT, default=1, help="pipeline parallel size (default 1)")
+    q.add_argument("--ep", type=POSITIVE_INT, default=1, help="expert parallel size (default 1)")
+    q.add_argument("--etp", type=POSITIVE_INT, default=None, help="expert tensor parallel size (default: same as --tp)")
     q.add_argument("--mcore", metavar="DIR", default=None,
                    help="load the Megatron side from this torch_dist checkpoint (through megatron-core's "
                         "dist_checkpointing.load) instead of from HF_DIR; HF_DIR stays the reference")
@@ -28,10 +30,10 @@ def register(sub) -> None:
                    help="with --base: load --base into Megatron and add this LoRA adapter's delta in Megatron's layout; "
                         "HF_DIR (e.g. the output of `hy3 lora merge`) is the reference")
     q.add_argument("--base", metavar="DIR", default=None, help="base HF checkpoint for --adapter")
-    q.add_argument("--tokens", type=int, default=16, help="sequence length (default 16)")
-    q.add_argument("--batch", type=int, default=2, help="sequences (default 2)")
+    q.add_argument("--tokens", type=POSITIVE_INT, default=16, help="sequence length (default 16)")
+    q.add_argument("--batch", type=POSITIVE_INT, default=2, help="sequences (default 2)")
     q.add_argument("--seed", type=int, default=0, help="seed for the random tokens (default 0)")
-    q.add_argument("--tolerance", type=float, default=1e-5, help="largest accepted relative error (default 1e-5)")
+    q.add_argument("--tolerance", type=POSITIVE_FLOAT, default=1e-5, help="largest accepted relative error (default 1e-5)")
     q.add_argument("--json", action="store_true", help="print one JSON object")
     q.set_defaults(func=run_parity)
 

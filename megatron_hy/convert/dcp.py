@@ -217,6 +217,63 @@ def _pread_all(path: Path, offset: int, length: int) -> bytes:
     return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
+# What a DCP `.metadata` pickle is made of (torch's FileSystemWriter, megatron-core's save strategies,
+# our write_metadata): the DCP metadata and save-plan classes, torch.Size, dtypes, layouts, paths. Nothing else
+# is looked up while unpickling, so a crafted file cannot name a function to call.
+_DCP_CLASSES = {
+    "torch.distributed.checkpoint.metadata": {"Metadata", "TensorStorageMetadata", "BytesStorageMetadata",
+                                              "ChunkStorageMetadata", "TensorProperties", "MetadataIndex",
+                                              "StorageMeta", "_MEM_FORMAT_ENCODING"},
+    "torch.distributed.checkpoint.planner": {"SavePlan", "WriteItem", "WriteItemType", "TensorWriteData",
+                                             "BytesIOWriteData"},
+    "torch.distributed.checkpoint.filesystem": {"_StorageInfo", "_StoragePrefix"},
+    "torch.serialization": {"_get_layout"},
+    "torch": {"Size"},
+    "collections": {"OrderedDict"},
+    "pathlib": {"PosixPath", "PurePosixPath", "WindowsPath", "PureWindowsPath"},  # StorageMeta.checkpoint_id
+}
+# Empty classes megatron-core keeps only so that old checkpoints unpickle; stand-ins here spare the import.
+_MCORE_PLACEHOLDERS = ("megatron.core.dist_checkpointing.strategies.torch", {"MCoreMetadata", "MCoreSavePlan"})
+
+
+class _Placeholder:
+    """Holds the state of megatron-core's MCoreMetadata / MCoreSavePlan, which carry no behaviour."""
+
+
+class _MetadataUnpickler(pickle.Unpickler):
+    def __init__(self, f, path: Path):
+        super().__init__(f)
+        self.path = path
+
+    def find_class(self, module: str, name: str):
+        import torch
+
+        if name in _DCP_CLASSES.get(module, ()):
+            return super().find_class(module, name)
+        if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
+            return getattr(torch, name)
+        if module == _MCORE_PLACEHOLDERS[0] and name in _MCORE_PLACEHOLDERS[1]:
+            return _Placeholder
+        raise Hy3Error(f"{self.path}: refused to unpickle: it names {module}.{name}, which is not part of "
+                       f"PyTorch distributed checkpoint metadata; a checkpoint file must not run code")
+
+
+def load_metadata(path: Path):
+    """A DCP `.metadata` file, unpickled admitting only the classes DCP metadata consists of."""
+    try:
+        with open(path, "rb") as f:
+            meta = _MetadataUnpickler(f, path).load()
+    except Hy3Error:
+        raise
+    except Exception as e:  # noqa: BLE001 - any unpickling failure means the same thing to the user
+        raise Hy3Error(f"{path}: unreadable checkpoint metadata ({type(e).__name__}: {e})") from None
+    from torch.distributed.checkpoint.metadata import Metadata
+
+    if not isinstance(meta, Metadata):
+        raise Hy3Error(f"{path}: not PyTorch distributed checkpoint metadata (holds a {type(meta).__name__})")
+    return meta
+
+
 class DcpReader:
     """Random access to the tensors of a DCP directory, chunk by chunk."""
 
@@ -226,11 +283,7 @@ class DcpReader:
         path = root / METADATA
         if not path.exists():
             raise Hy3Error(f"{root}: no {METADATA}; not a torch_dist (PyTorch distributed checkpoint) directory")
-        try:
-            with open(path, "rb") as f:
-                self.meta = pickle.load(f)
-        except Exception as e:  # noqa: BLE001 - any unpickling failure means the same thing to the user
-            raise Hy3Error(f"{path}: unreadable checkpoint metadata ({type(e).__name__}: {e})") from None
+        self.meta = load_metadata(path)
         from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
         self.tensors = {k: v for k, v in self.meta.state_dict_metadata.items() if isinstance(v, TensorStorageMetadata)}

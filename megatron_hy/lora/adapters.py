@@ -23,12 +23,15 @@ import json
 import math
 import re
 import threading
+from argparse import Namespace
 from dataclasses import dataclass
 from pathlib import Path
 
+from .. import fields
 from ..config import Hy3Config
 from ..errors import Hy3Error
 from ..mapping import LAYER, MCoreTensor, logical_tensors, mcore_tensors
+from ..safetensors_io import read_header
 from ..transforms import from_mcore, to_mcore
 
 
@@ -112,15 +115,17 @@ class McoreAdapter(Adapter):
         self._local = threading.local()
         self.it = find_iteration_dir(root, iteration)
         self.reader = DcpReader(self.it)
-        args = _swift_args(root, self.it)
+        args, src = _swift_args(root, self.it)
         lora_keys = [k for k in self.reader.keys() if ".lora_A.default." in k or ".lora_B.default." in k]
         if not lora_keys:
             raise Hy3Error(f"{self.it}: no lora_A/lora_B tensors; not a LoRA adapter checkpoint")
-        self.rank = int(args.get("lora_rank") or self.reader.shape(lora_keys[0])[-2 if ".lora_A." in lora_keys[0] else -1])
-        self.alpha = float(args.get("lora_alpha", 32.0))
-        self.saved_tp = int(args.get("tensor_model_parallel_size", 1))
+        get = fields.get
+        self.rank = get(args, src, "lora_rank", fields.integer, lo=1,
+                        default=self.reader.shape(lora_keys[0])[-2 if ".lora_A." in lora_keys[0] else -1])
+        self.alpha = get(args, src, "lora_alpha", fields.number, default=32.0, positive=True)
+        self.saved_tp = get(args, src, "tensor_model_parallel_size", fields.integer, default=1, lo=1)
         rs = {"on": True, "off": False}.get(rslora, False)
-        if rslora == "auto" and args.get("use_rslora"):
+        if rslora == "auto" and get(args, src, "use_rslora", fields.boolean, default=False):
             self.notes.append("args say use_rslora, but ms-swift's Megatron LoRA layers ignore it (mcore-bridge "
                               "LoraParallelLinear gets no config); scaling alpha/r, as trained. --rslora on overrides")
         self.scaling = _scaling(self.alpha, self.rank, rs)
@@ -198,20 +203,44 @@ class McoreAdapter(Adapter):
         return (B @ A) * self.scaling
 
 
-def _swift_args(root: Path, it: Path) -> dict:
+def _swift_args(root: Path, it: Path) -> tuple[dict, str]:
+    """The training args ms-swift saved (args.json, else the args in common.pt) and the file they came from;
+    ({}, "") when there are none (the settings then come from the tensors)."""
     for path in (root / "args.json", it.parent / "args.json"):
         if path.exists():
-            try:
-                return json.loads(path.read_text())
-            except json.JSONDecodeError:
-                raise Hy3Error(f"{path}: not valid JSON") from None
-    try:
-        import torch
+            return _json_object(path), str(path)
+    common = it / "common.pt"
+    if not common.exists():
+        return {}, ""
+    args = load_common(common).get("args")
+    if args is None:
+        return {}, ""
+    if isinstance(args, Namespace):
+        args = vars(args)
+    return fields.mapping(args, str(common), "args"), str(common)
 
-        common = torch.load(it / "common.pt", weights_only=False)
-        return vars(common.get("args")) if common.get("args") is not None else {}
-    except Exception:  # noqa: BLE001 - settings then come from the tensors
-        return {}
+
+def load_common(path: Path) -> dict:
+    """A torch_dist checkpoint's common.pt, without running code from it: torch's weights_only unpickler
+    (tensors and plain data) admitting one class more, argparse.Namespace, which megatron-core and ms-swift
+    store the training args as. Anything else in the file is refused, naming it."""
+    import pickle
+    import warnings
+
+    import torch
+
+    try:
+        with torch.serialization.safe_globals([Namespace]), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. "Detected pickle protocol 4": the error below says it all
+            common = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        named, detail = re.search(r"GLOBAL (\S+)", str(e)), re.search(r"WeightsUnpickler error:\s*(.+)", str(e))
+        what = f"it names {named[1]}" if named else detail[1].strip() if detail else "unsupported content"
+        raise Hy3Error(f"{path}: refused to unpickle: {what}, which is not plain data (expected the training "
+                       f"args, iteration and metadata only); a checkpoint file must not run code") from None
+    except Exception as e:  # noqa: BLE001 - a truncated or foreign file: one message for the user
+        raise Hy3Error(f"{path}: unreadable ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+    return fields.mapping(common, str(path), "contents")
 
 
 # --- PEFT directory -----------------------------------------------------------------------------
@@ -225,40 +254,42 @@ class PeftAdapter(Adapter):
     kind = "peft"
 
     def __init__(self, root: Path, cfg: Hy3Config, rslora: str = "auto"):
-        from safetensors import safe_open
+        from safetensors import SafetensorError, safe_open
 
         self.root, self.config, self.notes = root, cfg, []
         conf_path = root / "adapter_config.json"
-        try:
-            conf = json.loads(conf_path.read_text())
-        except json.JSONDecodeError:
-            raise Hy3Error(f"{conf_path}: not valid JSON") from None
-        if str(conf.get("peft_type", "LORA")).upper() != "LORA":
+        conf, where, get = _json_object(conf_path), str(conf_path), fields.get
+        if get(conf, where, "peft_type", fields.string, default="LORA").upper() != "LORA":
             raise Hy3Error(f"{conf_path}: peft_type {conf.get('peft_type')!r}; only LORA adapters are supported")
-        if conf.get("use_dora"):
+        if get(conf, where, "use_dora", fields.boolean, default=False):
             raise Hy3Error(f"{conf_path}: DoRA adapters are not supported")
         files = sorted(root.glob("adapter_model*.safetensors"))
         if not files:
             raise Hy3Error(f"{root}: no adapter_model.safetensors")
-        self.rank = int(conf.get("r", 8))
-        self.alpha = float(conf.get("lora_alpha", 8))
+        self.rank = get(conf, where, "r", fields.integer, default=8, lo=1)
+        self.alpha = get(conf, where, "lora_alpha", fields.number, default=8.0, positive=True)
         megatron = _trained_in_megatron(root)
-        use_rs = bool(conf.get("use_rslora"))
+        use_rs = get(conf, where, "use_rslora", fields.boolean, default=False)
         if rslora == "auto" and megatron and use_rs:
             use_rs = False
             self.notes.append("adapter_config says use_rslora, but it was trained with ms-swift's Megatron LoRA, whose "
                               "layers ignore it; scaling alpha/r, as trained. --rslora on overrides")
         elif rslora != "auto":
             use_rs = rslora == "on"
-        self.rank_pattern = conf.get("rank_pattern") or {}
-        self.alpha_pattern = conf.get("alpha_pattern") or {}
+        self.rank_pattern = _patterns(conf, where, "rank_pattern", fields.integer, lo=1)
+        self.alpha_pattern = _patterns(conf, where, "alpha_pattern", fields.number, positive=True)
+        get(conf, where, "target_parameters", fields.string_list, default=None)
         self.use_rslora = use_rs
         self.scaling = _scaling(self.alpha, self.rank, use_rs)
         self.tensors: dict[str, object] = {}
         for f in files:
-            with safe_open(str(f), "pt") as st:
-                for k in st.keys():
-                    self.tensors[k] = st.get_tensor(k).float()
+            read_header(f)  # a truncated or corrupt file: one error naming it, before safetensors sees it
+            try:
+                with safe_open(str(f), "pt") as st:
+                    for k in st.keys():
+                        self.tensors[k] = st.get_tensor(k).float()
+            except SafetensorError as e:
+                raise Hy3Error(f"{f}: unreadable safetensors file ({e})") from None
         self.logical = {t.name: t for t in logical_tensors(cfg)}
         self.pairs: dict[str, tuple] = {}   # logical name -> (A, B, scaling)
         self._collect(conf)
@@ -355,12 +386,31 @@ def _trained_in_megatron(root: Path) -> bool:
     """ms-swift writes args.json beside the adapter; Megatron training's has Megatron parallel sizes."""
     for path in (root / "args.json", root.parent / "args.json"):
         if path.exists():
-            try:
-                args = json.loads(path.read_text())
-            except json.JSONDecodeError:
-                return False
+            args = _json_object(path)
             return "tensor_model_parallel_size" in args or "expert_model_parallel_size" in args
     return False
+
+
+def _json_object(path: Path) -> dict:
+    try:
+        d = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise Hy3Error(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(d, dict):
+        raise Hy3Error(f"{path}: expected a JSON object, found {fields.shown(d)}")
+    return d
+
+
+def _patterns(conf: dict, where: str, name: str, check, **limits) -> dict:
+    """PEFT's rank_pattern / alpha_pattern: {regex: value}, each regex and value checked."""
+    pats = fields.get(conf, where, name, fields.mapping, default={})
+    for pat, v in pats.items():
+        try:
+            re.compile(pat)
+        except re.error as e:
+            raise Hy3Error(f"{where}: {name}: {pat!r} is not a valid regular expression ({e})") from None
+        check(v, where, f"{name}[{pat!r}]", **limits)
+    return pats
 
 
 def open_adapter(path: str | Path, cfg: Hy3Config, rslora: str = "auto") -> Adapter:
