@@ -80,12 +80,13 @@ def check_dir(out: str | Path, kind: str, inputs=(), overwrite: bool | None = Fa
     if not any(out.iterdir()):
         return out
     found = written_kind(out)
+    even = "" if overwrite is None else ", even with --overwrite"
     if found is None:
         raise Hy3Error(f"{out}: already exists and is not an empty directory, and hy3 did not write it (no {MARKER} "
-                       "in it); hy3 replaces only what it wrote, even with --overwrite: choose another output directory")
+                       f"in it); hy3 replaces only what it wrote{even}: choose another output directory")
     if found != kind:
-        raise Hy3Error(f"{out}: refused: it holds a {found} that hy3 wrote, which a {kind} does not replace, even with "
-                       "--overwrite: choose another output directory")
+        raise Hy3Error(f"{out}: refused: it holds a {found} that hy3 wrote, which a {kind} does not replace{even}: "
+                       "choose another output directory")
     if not overwrite:
         raise Hy3Error(f"{out}: already exists and is not an empty directory (a {found} hy3 wrote); choose another "
                        "output directory" + (" or pass --overwrite to replace it" if overwrite is False else ""))
