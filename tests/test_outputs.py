@@ -53,9 +53,10 @@ def pristine(tiny_inner, tiny_outer, tmp_path_factory) -> dict:
 
 
 def place(pristine: dict, keys, where: Path) -> dict:
-    """Copies of the inputs `keys` under where/in, and where/work for anything else."""
+    """Copies of the inputs `keys` under where/in, and where/work for anything else (a recipe to launch)."""
     paths = {"work": where / "work"}
     paths["work"].mkdir(parents=True)
+    (paths["work"] / "recipe.yaml").write_text(TEST_RECIPE)
     for k in keys:
         dst = where / "in" / pristine[k].name
         dst.parent.mkdir(parents=True, exist_ok=True)
@@ -85,6 +86,8 @@ COMMANDS = {
     "data convert": (["share"], lambda p, o: ["data", "convert", "--from", "sharegpt", p["share"], o, "--overwrite"]),
     "plan --write-recipe": (["recipe", "hf"],
                             lambda p, o: ["plan", p["recipe"], "--search", "--hf-config", p["hf"], "--write-recipe", o]),
+    "launch --output-dir": (["hf", "rows"], lambda p, o: ["launch", p["work"] / "recipe.yaml", "--model", p["hf"],
+                                                          "--dataset", p["rows"], "--output-dir", o, "--dry-run"]),
     "make-tiny": ([], lambda p, o: ["make-tiny", o, "--overwrite"]),
     "data standin-tokenizer": ([], lambda p, o: ["data", "standin-tokenizer", o, "--overwrite"]),
 }
@@ -107,7 +110,8 @@ def test_an_output_that_is_contains_or_lies_inside_an_input_is_refused(command, 
     assert snapshot(tmp_path) == before
 
 
-WRITES_A_DIRECTORY = [c for c in COMMANDS if c not in ("data encode", "data convert", "plan --write-recipe")]
+WRITES_A_DIRECTORY = [c for c in COMMANDS if c not in ("data encode", "data convert", "plan --write-recipe",
+                                                       "launch --output-dir")]
 
 
 @pytest.mark.parametrize("command", WRITES_A_DIRECTORY)
