@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Callable
 
 from .errors import Hy3Error
+from .outputs import DEMO, check_dir, write_marker
 
 
 def step_make_tiny(ctx: dict) -> str:
@@ -139,9 +140,9 @@ STEPS: list[tuple[str, Callable[[dict], str]]] = [
 def run_demo(workdir: str | None = None, keep: bool = False, out=print) -> int:
     work = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="hy3-demo-"))
     if workdir:
-        if work.exists() and any(work.iterdir()):
-            raise Hy3Error(f"{work}: exists and is not empty; choose a new --workdir")
+        check_dir(work, DEMO, overwrite=None)
         work.mkdir(parents=True, exist_ok=True)
+        write_marker(work, DEMO)
     ctx = {"work": work}
     out(f"hy3 demo: the whole pipeline on a tiny generated Hy3 (work directory {work})")
     t_all = time.monotonic()

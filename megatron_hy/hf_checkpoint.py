@@ -72,6 +72,10 @@ class HFCheckpoint:
     def names(self) -> list[str]:
         return list(self.logical)
 
+    def files(self) -> list[Path]:
+        """The shard files (links, in a Hugging Face cache, into a directory of their own)."""
+        return [self.root / n for n in self.ck.shard_files]
+
     def other_files(self) -> list[Path]:
         """Files to carry along when converting: config, tokenizer, generation config, and so on."""
         skip = {"model.safetensors.index.json"}

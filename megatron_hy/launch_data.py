@@ -133,7 +133,9 @@ def encode_all(plan: DataPlan, model: str, quiet: bool = False) -> None:
     for e in todo:
         enc = Encoder(tok, loss_mode=e.stamp["loss_mode"], where=model)
         print(f"hy3 launch: encoding {e.source} -> {e.out}", file=sys.stderr, flush=True)
-        s = encode_file(e.source, e.jsonl, enc, max_length=e.stamp["max_length"], swift_dataset=e.out, quiet=quiet)
+        # a rerun replaces what an interrupted one left (the dataset only when hy3 wrote it: outputs.py)
+        s = encode_file(e.source, e.jsonl, enc, max_length=e.stamp["max_length"], swift_dataset=e.out, quiet=quiet,
+                        tokenizer=model, overwrite=True)
         print(s.text(e.jsonl), file=sys.stderr, flush=True)
         e.manifest.write_text(json.dumps(e.stamp, indent=2) + "\n")
 

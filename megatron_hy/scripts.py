@@ -12,6 +12,7 @@ import argparse
 
 from .cli import main as hy3
 from .commands.check import add_check_args
+from .outputs import OUT_DIR_HELP, OVERWRITE_DIR_HELP
 
 
 def hy3_command(command: tuple[str, ...], prog: str, argv: list[str] | None = None) -> int:
@@ -27,10 +28,10 @@ def convert_ckpt_to_outer_parser() -> argparse.ArgumentParser:
         description="Convert a Hy3 checkpoint from the published per-expert (inner) layout to fused 3D experts "
                     "(outer). Same as `hy3 convert inner-to-outer IN OUT`.")
     p.add_argument("--input_dir", required=True, help="original checkpoint directory (inner layout)")
-    p.add_argument("--output_dir", required=True, help="output directory (must not exist unless --overwrite)")
+    p.add_argument("--output_dir", required=True, help=OUT_DIR_HELP)
     p.add_argument("--workers", type=int, default=8, help="shards written in parallel (default 8)")
     p.add_argument("--max_shard_size", default="5GB", help="largest output shard, e.g. 5GB (default 5GB)")
-    p.add_argument("--overwrite", action="store_true", help="replace OUTPUT_DIR once the new one is complete")
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_DIR_HELP)
     return p
 
 

@@ -3,7 +3,8 @@
 Work is written under `OUT.partial/` with a plan id recorded in it. Each piece (a shard file)
 is itself written under a temporary name and renamed, so any piece with its final name is
 complete. A rerun with the same plan keeps those pieces and writes the rest; a different plan
-starts over. At the end the directory is renamed to OUT in one step.
+starts over. At the end the directory gets the output marker (outputs.MARKER) and is renamed to
+OUT in one step. Which OUT may be written, or replaced, is outputs.check_dir's to say.
 """
 
 from __future__ import annotations
@@ -12,9 +13,12 @@ import hashlib
 import json
 import os
 import shutil
+import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import Hy3Error
+from .outputs import MARKER, check_dir, check_not_an_input, write_marker
 
 PLAN_FILE = ".hy3-plan"
 
@@ -24,26 +28,35 @@ def plan_id(obj) -> str:
 
 
 class StagedDir:
-    def __init__(self, out: str | Path, plan: str, overwrite: bool = False):
+    """OUT, a directory of the given kind, written from `inputs`. Constructing it checks OUT against the
+    output policy, so build it as soon as the inputs are open, before the heavy work."""
+
+    def __init__(self, out: str | Path, kind: str, inputs=(), overwrite: bool = False):
         self.out = Path(out)
         self.partial = self.out.with_name(self.out.name + ".partial")
-        self.plan = plan
-        self.overwrite = overwrite
+        self.kind, self.inputs, self.overwrite = kind, [p for p in inputs if p is not None], overwrite
         self.resumed: list[str] = []
+        self.check()
 
-    def open(self) -> "StagedDir":
-        if self.out.exists() and not self.overwrite:
-            raise Hy3Error(f"{self.out}: already exists; choose another output directory or pass --overwrite")
+    def check(self) -> None:
+        check_dir(self.out, self.kind, self.inputs, self.overwrite)
+        check_not_an_input(self.partial, self.inputs)  # a different plan removes the staging directory
+
+    def open(self, plan: str) -> "StagedDir":
+        self.check()
         marker = self.partial / PLAN_FILE
         try:
-            if self.partial.exists():
-                if marker.exists() and marker.read_text().strip() == self.plan:
+            if self.partial.is_symlink() or self.partial.exists():
+                if self.partial.is_symlink() or not (marker.exists() or (self.partial / MARKER).exists()):
+                    raise Hy3Error(f"{self.partial}: exists and hy3 did not write it; move it away (hy3 stages "
+                                   f"{self.out} there)")
+                if marker.exists() and marker.read_text().strip() == plan:
                     self.resumed = sorted(p.name for p in self.partial.iterdir()
                                           if p.name != PLAN_FILE and not p.name.endswith(".tmp"))
                 else:
                     _remove(self.partial)
             self.partial.mkdir(parents=True, exist_ok=True)
-            marker.write_text(self.plan + "\n")
+            marker.write_text(plan + "\n")
         except OSError as e:
             raise Hy3Error(f"{self.out}: cannot write output here ({e.strerror})") from None
         return self
@@ -56,17 +69,36 @@ class StagedDir:
 
     def finish(self) -> Path:
         """Move the finished work into place; an old OUT (--overwrite) is removed only after that."""
+        self.check()
+        write_marker(self.partial, self.kind)
         (self.partial / PLAN_FILE).unlink(missing_ok=True)
         for p in self.partial.glob("*.tmp"):
             _remove(p)
         old = None
-        if self.out.exists() or self.out.is_symlink():
+        if self.out.exists():
             old = self.out.with_name(f"{self.out.name}.old-{os.getpid()}")
             os.rename(self.out, old)
         os.rename(self.partial, self.out)
         if old is not None:
             _remove(old)
         return self.out
+
+    def discard(self) -> None:
+        if self.partial.exists():
+            _remove(self.partial)
+
+
+@contextmanager
+def new_dir(out: str | Path, kind: str, inputs=(), overwrite: bool = False):
+    """A directory written in one go (no resume): yields the staging directory to fill, publishes it as OUT
+    when the block ends, and removes it if the block fails."""
+    stage = StagedDir(out, kind, inputs, overwrite).open(f"one go {os.getpid()} {time.time_ns()}")
+    try:
+        yield stage.partial
+    except BaseException:
+        stage.discard()
+        raise
+    stage.finish()
 
 
 def _remove(path: Path) -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +18,9 @@ from pathlib import Path
 from .config import Hy3Config
 from .errors import Hy3Error
 from .mapping import LAYER, fused_parts, logical_tensors
+from .outputs import HF_CHECKPOINT, check_dir
 from .safetensors_io import OutTensor, dtype_name, shard_name, write_index, write_shard
+from .staging import new_dir
 
 
 TORCH_DTYPE_NAMES = {"bf16": "bfloat16", "fp32": "float32", "fp16": "float16"}
@@ -164,39 +165,31 @@ def _split_points(cfg: Hy3Config, tensors: list[OutTensor], shards: int, layout:
 
 
 def write_tiny(outdir: str | Path, spec: TinySpec, fmt: str = "inner", seed: int = 0, dtype: str = "bf16",
-               config_style: str = "transformers", tokenizer: bool = True) -> Path:
+               config_style: str = "transformers", tokenizer: bool = True, overwrite: bool = False) -> Path:
     outdir = Path(outdir)
     if fmt not in ("inner", "outer"):
         raise Hy3Error(f"--format must be inner or outer, not {fmt!r}")
-    if outdir.exists() and (not outdir.is_dir() or any(outdir.iterdir())):
-        raise Hy3Error(f"{outdir}: exists and is not an empty directory")
+    check_dir(outdir, HF_CHECKPOINT, overwrite=overwrite)
     cfg = spec.config(dtype)
     state = build_state(cfg, seed, dtype)
     tensors = _ordered(cfg, state, fmt)
     points = [0] + _split_points(cfg, tensors, spec.shards, fmt) + [len(tensors)]
     groups = [tensors[a:b] for a, b in zip(points, points[1:]) if b > a]
 
-    tmp = outdir.with_name(outdir.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        tmp.mkdir(parents=True)
-    except OSError as e:
-        raise Hy3Error(f"{outdir}: cannot write output here ({e.strerror})") from None
-    weight_map = {}
-    for n, group in enumerate(groups):
-        name = shard_name(n, len(groups))
-        write_shard(tmp / name, group)
-        weight_map.update({t.key: name for t in group})
-    write_index(tmp, weight_map, sum(t.nbytes for t in tensors))
-    conf = cfg.to_tencent() if config_style == "tencent" else _transformers_config(cfg)
-    (tmp / "config.json").write_text(json.dumps(conf, indent=2) + "\n")
-    (tmp / "generation_config.json").write_text(json.dumps(
-        {"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0, "do_sample": True, "temperature": 0.9}, indent=2) + "\n")
-    if tokenizer:
-        _write_tokenizer(tmp, cfg)
-    if outdir.exists():
-        outdir.rmdir()
-    tmp.rename(outdir)
+    with new_dir(outdir, HF_CHECKPOINT, overwrite=overwrite) as tmp:
+        weight_map = {}
+        for n, group in enumerate(groups):
+            name = shard_name(n, len(groups))
+            write_shard(tmp / name, group)
+            weight_map.update({t.key: name for t in group})
+        write_index(tmp, weight_map, sum(t.nbytes for t in tensors))
+        conf = cfg.to_tencent() if config_style == "tencent" else _transformers_config(cfg)
+        (tmp / "config.json").write_text(json.dumps(conf, indent=2) + "\n")
+        (tmp / "generation_config.json").write_text(json.dumps(
+            {"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0, "do_sample": True, "temperature": 0.9},
+            indent=2) + "\n")
+        if tokenizer:
+            _write_tokenizer(tmp, cfg)
     return outdir
 
 

@@ -13,6 +13,7 @@ from conftest import (assert_ok, assert_one_error, copy_checkpoint, files_bytes,
                       read_index, rewrite, run_cli, same_bits)
 from megatron_hy.config import load_config
 from megatron_hy.mapping import LAYER, expected_keys
+from megatron_hy.outputs import HF_CHECKPOINT, MARKER, written_kind
 
 
 def convert(direction: str, src: Path, out: Path, *flags: str):
@@ -122,8 +123,9 @@ def test_index_total_size_and_other_files(tiny_inner, tmp_path):
     got, want = files_bytes(out), files_bytes(src)
     for name in ("config.json", "generation_config.json", "tokenizer.json", "extra/notes.txt"):
         assert got[name] == want[name], name
-    leftovers = [n for n in got if n.endswith(".tmp") or n.startswith(".")]
+    leftovers = [n for n in got if n.endswith(".tmp") or n.startswith(".") and n != MARKER]
     assert not leftovers and not (tmp_path / "out.partial").exists()
+    assert written_kind(out) == HF_CHECKPOINT
 
 
 def test_tencent_spelled_config_is_carried_over_verbatim(tiny_tencent, tiny_outer, tmp_path):
@@ -133,8 +135,7 @@ def test_tencent_spelled_config_is_carried_over_verbatim(tiny_tencent, tiny_oute
 
 
 def test_existing_output_needs_overwrite(tiny_inner, converted_outer, tmp_path):
-    out = tmp_path / "out"
-    out.mkdir()
+    out = copy_checkpoint(converted_outer, tmp_path / "out")  # a checkpoint hy3 wrote
     (out / "old.txt").write_text("old")
     assert_one_error(run_cli("convert", "inner-to-outer", tiny_inner, out), str(out), "already exists", "--overwrite")
     assert (out / "old.txt").read_text() == "old"
@@ -142,6 +143,15 @@ def test_existing_output_needs_overwrite(tiny_inner, converted_outer, tmp_path):
     assert not (out / "old.txt").exists()
     assert files_bytes(out) == files_bytes(converted_outer)
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_overwrite_never_replaces_a_directory_hy3_did_not_write(tiny_inner, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "old.txt").write_text("old")
+    assert_one_error(run_cli("convert", "inner-to-outer", tiny_inner, out, "--overwrite"), str(out),
+                     "hy3 did not write it", "even with --overwrite")
+    assert files_bytes(out) == {"old.txt": b"old"}
 
 
 def test_resume_after_a_kill_gives_the_uninterrupted_result(tiny_inner, tmp_path):
@@ -254,13 +264,6 @@ def test_unwritable_output_fails_with_one_line(tiny_inner, tmp_path):
     blocker.write_text("not a directory")
     out = blocker / "out"
     assert_one_error(run_cli("convert", "inner-to-outer", tiny_inner, out), str(out), "cannot write output here")
-
-
-def test_output_inside_the_input_is_not_copied_into_itself(tiny_inner, tiny_outer, tmp_path):
-    src = copy_checkpoint(tiny_inner, tmp_path / "src")
-    convert("inner-to-outer", src, src / "converted")
-    assert not (src / "converted" / "converted").exists()
-    assert_same_tensors(src / "converted", tiny_outer)
 
 
 @pytest.mark.parametrize("where", ["same", "parent"])

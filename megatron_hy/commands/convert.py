@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ..fields import COUNT, POSITIVE_INT
+from ..outputs import OUT_DIR_HELP, OVERWRITE_DIR_HELP
 
 
 def register(sub) -> None:
@@ -16,10 +17,10 @@ def register(sub) -> None:
                                                        "Tensors are copied byte for byte; config, tokenizer and "
                                                        "other files are carried over.")
         q.add_argument("input", metavar="IN", help="input checkpoint directory")
-        q.add_argument("output", metavar="OUT", help="output directory (must not exist unless --overwrite)")
+        q.add_argument("output", metavar="OUT", help=OUT_DIR_HELP)
         q.add_argument("--workers", type=POSITIVE_INT, default=8, help="shards written in parallel (default 8)")
         q.add_argument("--max-shard-size", default="5GB", help="largest output shard, e.g. 5GB or 500MB (default 5GB)")
-        q.add_argument("--overwrite", action="store_true", help="replace OUT if it exists (only once the new one is complete)")
+        q.add_argument("--overwrite", action="store_true", help=OVERWRITE_DIR_HELP)
         q.add_argument("--quiet", action="store_true", help="no progress output")
         q.set_defaults(func=run_layout, to=to)
 
@@ -30,7 +31,7 @@ def register(sub) -> None:
                                  "megatron-core's own sharded_state_dict() of a meta-device model; tensors are streamed "
                                  "in chunks of at most 64 MB. The checkpoint loads under any TP/PP/EP/ETP.")
     q.add_argument("input", metavar="HF_DIR", help="HF Hy3 checkpoint (inner or outer layout)")
-    q.add_argument("output", metavar="OUT", help="output directory (must not exist unless --overwrite)")
+    q.add_argument("output", metavar="OUT", help=OUT_DIR_HELP)
     q.add_argument("--workers", type=POSITIVE_INT, default=4, help="data files written in parallel (default 4)")
     q.add_argument("--dtype", choices=["bf16", "fp32", "fp16"], default=None,
                    help="weight dtype in the checkpoint (default: as in the HF files; the router expert bias stays fp32)")
@@ -40,7 +41,7 @@ def register(sub) -> None:
     q.add_argument("--iteration", type=COUNT, default=1, help="iteration number to record (default 1, as swift export)")
     q.add_argument("--max-file-size", default="2GB",
                    help="largest data file, e.g. 2GB; files are the unit a resumed run skips (default 2GB)")
-    q.add_argument("--overwrite", action="store_true", help="replace OUT if it exists (only once the new one is complete)")
+    q.add_argument("--overwrite", action="store_true", help=OVERWRITE_DIR_HELP)
     q.add_argument("--quiet", action="store_true", help="no progress output")
     q.set_defaults(func=run_hf_to_mcore)
 
@@ -50,7 +51,7 @@ def register(sub) -> None:
                                  "an index. config.json, generation config and tokenizer files come from --hf-config.")
     q.add_argument("input", metavar="MCORE_DIR", help="checkpoint directory (with latest_checkpointed_iteration.txt) "
                                                        "or one iter_NNNNNNN directory")
-    q.add_argument("output", metavar="OUT", help="output directory (must not exist unless --overwrite)")
+    q.add_argument("output", metavar="OUT", help=OUT_DIR_HELP)
     q.add_argument("--hf-config", required=True, metavar="HF_DIR",
                    help="HF Hy3 directory whose config.json describes the model (its tokenizer files are copied)")
     q.add_argument("--format", choices=["inner", "outer"], default="inner",
@@ -60,7 +61,7 @@ def register(sub) -> None:
                    help="weight dtype (default: config.json's dtype; the expert bias stays fp32 as in HF Hy3)")
     q.add_argument("--workers", type=POSITIVE_INT, default=4, help="shards written in parallel (default 4)")
     q.add_argument("--max-shard-size", default="5GB", help="largest output shard, e.g. 5GB or 500MB (default 5GB)")
-    q.add_argument("--overwrite", action="store_true", help="replace OUT if it exists (only once the new one is complete)")
+    q.add_argument("--overwrite", action="store_true", help=OVERWRITE_DIR_HELP)
     q.add_argument("--quiet", action="store_true", help="no progress output")
     q.set_defaults(func=run_mcore_to_hf)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ..errors import Hy3Error
 from ..fields import COUNT, POSITIVE_INT
+from ..outputs import OUT_DIR_HELP, OVERWRITE_DIR_HELP, OVERWRITE_FILE_HELP
 
 ROW_FORMAT = ("A Hy3 row is one JSON object: {\"reasoning_effort\": \"high|low|no_think\" (optional, default "
               "no_think), \"tools\": [...] (optional), \"messages\": [{\"role\": \"system|user|assistant|tool\", "
@@ -61,6 +62,7 @@ def _add_convert(d) -> None:
                         "(default: write nothing if any row cannot be converted)")
     q.add_argument("--allow-bad", action="store_true",
                    help="as --skip-bad, but exit 0 when rows were refused")
+    q.add_argument("--overwrite", action="store_true", help=OVERWRITE_FILE_HELP)
     q.set_defaults(func=run_convert)
 
 
@@ -83,7 +85,10 @@ def _add_encode(d) -> None:
                         "position_ids restart at each example so Megatron keeps them apart")
     q.add_argument("--swift-dataset", metavar="DIR",
                    help="also write an Arrow dataset for `megatron sft --cached_dataset DIR` (use with "
-                        "--custom_register_path $(hy3 data plugin-path) --template hy3)")
+                        "--custom_register_path $(hy3 data plugin-path) --template hy3); a new or empty directory")
+    q.add_argument("--overwrite", action="store_true",
+                   help="replace an existing OUT, and an existing --swift-dataset DIR that hy3 wrote as a dataset "
+                        "(never an input, never a directory hy3 did not write), once the new ones are complete")
     q.add_argument("--quiet", action="store_true", help="no progress lines")
     q.set_defaults(func=run_encode)
 
@@ -136,9 +141,10 @@ def _add_standin_tokenizer(d) -> None:
                      description="Write a 512-entry byte-level tokenizer with Hy3's release and preview control "
                                  "tokens and a chat template that follows Hy3's documented rules (for trying the "
                                  "data tools without the real tokenizer).")
-    q.add_argument("outdir", metavar="DIR", help="output directory")
+    q.add_argument("outdir", metavar="DIR", help=OUT_DIR_HELP)
     q.add_argument("--variant", choices=["release", "preview"], default="release",
                    help="which token set's BOS/eos/template the tokenizer uses (default release)")
+    q.add_argument("--overwrite", action="store_true", help=OVERWRITE_DIR_HELP)
     q.set_defaults(func=run_standin)
 
 
@@ -180,7 +186,8 @@ def run_validate(args) -> int:
 def run_convert(args) -> int:
     from ..data.convert import convert_file
 
-    s = convert_file(args.input, args.output, args.fmt, skip_bad=args.skip_bad or args.allow_bad)
+    s = convert_file(args.input, args.output, args.fmt, skip_bad=args.skip_bad or args.allow_bad,
+                     overwrite=args.overwrite)
     print(s.text(args.output))
     if s.refused and not args.allow_bad:
         raise Hy3Error(f"{len(s.refused)} of {s.rows} rows refused (listed above with their file:line); "
@@ -193,7 +200,8 @@ def run_encode(args) -> int:
 
     enc = _encoder(args, args.tokenizer, args.backend)
     s = encode_file(args.input, args.output, enc, max_length=args.max_length, overflow=args.overflow,
-                    pack=args.pack, swift_dataset=args.swift_dataset, quiet=args.quiet)
+                    pack=args.pack, swift_dataset=args.swift_dataset, quiet=args.quiet, tokenizer=args.tokenizer,
+                    overwrite=args.overwrite)
     print(s.text(args.output))
     if args.swift_dataset:
         print(f"{args.swift_dataset}: ms-swift cached dataset (megatron sft --cached_dataset {args.swift_dataset} "
@@ -243,7 +251,11 @@ def run_plugin_path(args) -> int:
 
 def run_standin(args) -> int:
     from ..data.tokenizer import write_standin_tokenizer
+    from ..outputs import TOKENIZER
+    from ..staging import new_dir
 
-    out = write_standin_tokenizer(args.outdir, variant=args.variant)
+    with new_dir(args.outdir, TOKENIZER, overwrite=args.overwrite) as tmp:
+        write_standin_tokenizer(tmp, variant=args.variant)
+    out = args.outdir
     print(f"{out}: stand-in Hy3 {args.variant} tokenizer (tokenizer.json, tokenizer_config.json with chat template)")
     return 0

@@ -57,6 +57,7 @@ def run(args) -> int:
     from ..plan.swift_args import check_args
 
     from ..launch_data import encode_all, plan_data, template_for, wait_for
+    from ..outputs import check_not_an_input
 
     recipe = with_overrides(load_recipe(args.recipe), args.set, args.nodes, args.gpus_per_node, args.gpu_mem,
                             args.host_mem)
@@ -65,6 +66,9 @@ def run(args) -> int:
     data = plan_data(args.dataset, args.output_dir, recipe.args) if not args.export else plan_data([], None, {})
     paths = {"model": args.model, "mcore_model": args.mcore_model, "mcore_adapter": args.mcore_adapter,
              **(data.flags() if not args.export else {"dataset": args.dataset}), "output_dir": args.output_dir}
+    if args.output_dir:  # ms-swift writes there: never into an input (outputs.py); ids of the hub are no paths
+        local = [p for p in (args.model, args.mcore_model, args.mcore_adapter, *(args.dataset or [])) if p]
+        check_not_an_input(args.output_dir, [p for p in local if os.path.exists(p)])
     if (data.encodings or data.cached) and "template" not in recipe.args:
         # pre-encoded rows train as they are only with the plugin's templates
         tokenizer = args.model and os.path.isfile(os.path.join(args.model, "tokenizer_config.json"))

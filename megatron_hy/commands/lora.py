@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ..fields import POSITIVE_FLOAT, POSITIVE_INT
+from ..outputs import OUT_DIR_HELP, OVERWRITE_DIR_HELP
 
 ADAPTER_HELP = ("adapter directory: a Megatron torch_dist adapter checkpoint (ms-swift --mcore_adapter / "
                 "--save_safetensors false), ms-swift's safetensors adapter, or an HF PEFT adapter for HYV3")
@@ -21,13 +22,13 @@ def register(sub) -> None:
                                  "routed experts, router, MTP layer. The result passes `hy3 check`.")
     q.add_argument("--base", required=True, metavar="HF_DIR", help="base HF Hy3 checkpoint (inner or outer layout)")
     q.add_argument("--adapter", required=True, metavar="DIR", help=ADAPTER_HELP)
-    q.add_argument("output", metavar="OUT", help="output directory (must not exist unless --overwrite)")
+    q.add_argument("output", metavar="OUT", help=OUT_DIR_HELP)
     q.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default=None,
                    help="weight dtype of the output (default: the base's; the router expert bias stays fp32)")
     q.add_argument("--rslora", choices=["auto", "on", "off"], default="auto", help=RSLORA_HELP)
     q.add_argument("--workers", type=POSITIVE_INT, default=4, help="shards written in parallel (default 4)")
     q.add_argument("--max-shard-size", default="5GB", help="largest output shard, e.g. 5GB (default 5GB)")
-    q.add_argument("--overwrite", action="store_true", help="replace OUT if it exists (only once the new one is complete)")
+    q.add_argument("--overwrite", action="store_true", help=OVERWRITE_DIR_HELP)
     q.add_argument("--quiet", action="store_true", help="no progress output")
     q.set_defaults(func=run_merge)
 
@@ -38,10 +39,10 @@ def register(sub) -> None:
                                  "with no PEFT equivalent (MTP layer, router) are listed by name; --strict fails on them.")
     q.add_argument("--adapter", required=True, metavar="DIR", help=ADAPTER_HELP)
     q.add_argument("--base", required=True, metavar="HF_DIR", help="the base HF Hy3 checkpoint the adapter belongs to")
-    q.add_argument("output", metavar="OUT", help="output directory (must not exist unless --overwrite)")
+    q.add_argument("output", metavar="OUT", help=OUT_DIR_HELP)
     q.add_argument("--rslora", choices=["auto", "on", "off"], default="auto", help=RSLORA_HELP)
     q.add_argument("--strict", action="store_true", help="fail if any LoRA target has no PEFT equivalent")
-    q.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    q.add_argument("--overwrite", action="store_true", help=OVERWRITE_DIR_HELP)
     q.add_argument("--quiet", action="store_true", help="no progress output")
     q.set_defaults(func=run_export)
 
@@ -49,7 +50,7 @@ def register(sub) -> None:
                      description="Write random LoRA factors for the given Hy3 checkpoint in ms-swift's Megatron formats "
                                  "(torch_dist adapter checkpoint, or its safetensors export). For tests and the demo.")
     q.add_argument("base", metavar="HF_DIR", help="the HF Hy3 checkpoint the adapter is for")
-    q.add_argument("output", metavar="OUT", help="output directory (replaced)")
+    q.add_argument("output", metavar="OUT", help=OUT_DIR_HELP)
     q.add_argument("--format", choices=["mcore", "swift-peft"], default="mcore", help="adapter format (default mcore)")
     q.add_argument("--targets", default="attention,dense,shared,experts,mtp",
                    help="comma-separated kinds: attention, dense, shared, experts, mtp, router "
@@ -59,6 +60,7 @@ def register(sub) -> None:
     q.add_argument("--saved-tp", type=POSITIVE_INT, default=1, help="TP size the torch_dist adapter is laid out for (default 1)")
     q.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     q.add_argument("--zero", action="store_true", help="all-zero lora_B (a no-op adapter)")
+    q.add_argument("--overwrite", action="store_true", help=OVERWRITE_DIR_HELP)
     q.set_defaults(func=run_make_tiny)
 
 
@@ -82,6 +84,7 @@ def run_make_tiny(args) -> int:
     from ..lora.tiny import write_tiny_adapter
 
     out = write_tiny_adapter(args.base, args.output, args.format, [k for k in args.targets.split(",") if k],
-                             rank=args.rank, alpha=args.alpha, seed=args.seed, saved_tp=args.saved_tp, zero=args.zero)
+                             rank=args.rank, alpha=args.alpha, seed=args.seed, saved_tp=args.saved_tp, zero=args.zero,
+                             overwrite=args.overwrite)
     print(f"wrote {args.format} adapter to {out}")
     return 0

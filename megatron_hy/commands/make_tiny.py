@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import fields
 
 from ..fields import COUNT, POSITIVE_INT
+from ..outputs import OUT_DIR_HELP, OVERWRITE_DIR_HELP
 
 
 def register(sub) -> None:
@@ -15,7 +16,7 @@ def register(sub) -> None:
                                    "several shards, one MoE layer's experts straddling a shard boundary, MTP "
                                    "layer weights, config.json, index and a stand-in tokenizer. Deterministic "
                                    "from --seed.")
-    p.add_argument("outdir", metavar="OUTDIR", help="output directory (must not exist or be empty)")
+    p.add_argument("outdir", metavar="OUTDIR", help=OUT_DIR_HELP)
     p.add_argument("--format", choices=["inner", "outer"], default="inner",
                    help="inner: one tensor per expert, as published (default); outer: fused 3D expert tensors")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
@@ -23,6 +24,7 @@ def register(sub) -> None:
     p.add_argument("--config-style", choices=["transformers", "tencent"], default="transformers",
                    help="spelling of config.json: transformers' HYV3Config (default) or Tencent's")
     p.add_argument("--no-tokenizer", action="store_true", help="do not write the stand-in tokenizer")
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_DIR_HELP)
     helps = {"layers": "decoder layers", "dense_layers": "leading dense (non-MoE) layers", "experts": "routed experts",
              "top_k": "experts per token", "hidden": "hidden size", "heads": "attention heads",
              "kv_heads": "key/value heads (GQA groups)", "head_dim": "head dimension", "ffn": "dense FFN size",
@@ -42,6 +44,6 @@ def run(args) -> int:
     spec = TinySpec(**{f.name: getattr(args, f.name) for f in fields(TinySpec)})
     config_from_dict(spec.config(args.dtype).to_tencent(), "make-tiny flags")  # heads vs kv heads, top-k vs experts
     out = write_tiny(args.outdir, spec, fmt=args.format, seed=args.seed, dtype=args.dtype,
-                     config_style=args.config_style, tokenizer=not args.no_tokenizer)
+                     config_style=args.config_style, tokenizer=not args.no_tokenizer, overwrite=args.overwrite)
     print(f"wrote tiny Hy3 ({args.format} layout) to {out}")
     return 0

@@ -75,18 +75,18 @@ def load_planned(args):
     return plan_recipe(recipe, cfg, getattr(args, "gpu_tflops", None))
 
 
-def _check_new_file(path: str | None, suffix: str | None = None) -> None:
+def _check_new_file(args, path: str | None, suffix: str | None = None) -> None:
     """Refuse an output file name before any work is done (it is checked again when written)."""
     from ..plan.files import check_new
 
     if path is not None:
-        check_new(path, suffix)
+        check_new(path, suffix, [args.recipe, args.hf_config])
 
 
 def run(args) -> int:
     from ..errors import Hy3Error
 
-    _check_new_file(args.plot, ".png")
+    _check_new_file(args, args.plot, ".png")
     if args.search:
         return run_search(args)
     if args.recipe is None:
@@ -172,7 +172,7 @@ def run_search(args) -> int:
     from ..plan.search import recipe_text, search, write_recipe
     from ..plan.search_report import format_search, search_dict
 
-    _check_new_file(args.write_recipe)
+    _check_new_file(args, args.write_recipe)
     spec = _search_spec(args)
     result = search(spec, load_config(args.hf_config or DEFAULT_CONFIG))
     wrote = None

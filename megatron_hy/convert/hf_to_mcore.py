@@ -24,6 +24,7 @@ from ..hf_writer import kill_hook, run_jobs
 from ..mapping import MCoreTensor, mcore_tensors
 from ..progress import Progress, human_bytes, log
 from ..safetensors_io import parse_size, torch_dtype
+from ..outputs import TORCH_DIST
 from ..staging import StagedDir, plan_id
 from ..transforms import to_mcore
 from . import dcp
@@ -153,6 +154,7 @@ def hf_to_mcore(hf_dir: str | Path, out: str | Path, workers: int = 4, dtype: st
     hf = HFCheckpoint(hf_dir)
     cfg = hf.config
     padded, target = _check_args(cfg, padded_vocab, dtype, workers)
+    stage = StagedDir(out, TORCH_DIST, [hf.root, *hf.files()], overwrite)
     log(f"reading Megatron's layout for this model (meta-device GPTModel, {cfg.num_layers} layers)", quiet)
     layout = megatron_layout(cfg, padded, in_process)
     tensors = {t.key: t for t in mcore_tensors(cfg, padded)}
@@ -172,7 +174,7 @@ def hf_to_mcore(hf_dir: str | Path, out: str | Path, workers: int = 4, dtype: st
     stamp = [(str(p), os.stat(p).st_size, os.stat(p).st_mtime_ns) for p in inputs]
     plan = plan_id({"v": 1, "inputs": stamp, "dtype": dtype, "padded": padded, "iteration": iteration,
                     "files": [[(c.key, c.offsets, c.sizes) for c in g] for g in groups], "objects": layout["objects"]})
-    stage = StagedDir(out, plan, overwrite).open()
+    stage.open(plan)
     it = stage.path(iter_dir_name(iteration))
     it.mkdir(exist_ok=True)
     done, seconds = _write_data_files(stage, it, names, groups, objects, elem_bytes, workers, quiet)

@@ -16,6 +16,7 @@ from ..hf_checkpoint import HFCheckpoint
 from ..hf_writer import kill_hook, layout_tensors, run_jobs
 from ..progress import Progress, human_bytes, log
 from ..safetensors_io import OutTensor, parse_size, plan_shards, shard_name, write_index, write_shard
+from ..outputs import HF_CHECKPOINT
 from ..staging import StagedDir, copy_other_files, plan_id
 
 
@@ -32,8 +33,7 @@ def convert_layout(src_dir: str | Path, out_dir: str | Path, to: str, workers: i
         raise Hy3Error(f"--workers {workers}: expected at least 1")
     src = HFCheckpoint(src_dir)
     out_dir = Path(out_dir)
-    if out_dir.resolve() == src.root.resolve() or out_dir.resolve() in src.root.resolve().parents:
-        raise Hy3Error(f"{out_dir}: output directory must differ from the input and not contain it")
+    stage = StagedDir(out_dir, HF_CHECKPOINT, [src.root, *src.files()], overwrite)
     if src.layout == to:
         log(f"note: {src.root} is already in the {to} layout; re-sharding it", quiet)
     tensors = plan_layout(src, to)
@@ -42,7 +42,7 @@ def convert_layout(src_dir: str | Path, out_dir: str | Path, to: str, workers: i
     inputs = sorted({s[0] for t in tensors for s in t.sources})
     stamp = [(str(p), os.stat(p).st_size, os.stat(p).st_mtime_ns) for p in inputs]
     layout = [(n, [(t.key, t.dtype, t.shape, t.sources) for t in g]) for n, g in zip(names, groups)]
-    stage = StagedDir(out_dir, plan_id({"to": to, "inputs": stamp, "layout": layout}), overwrite).open()
+    stage.open(plan_id({"to": to, "inputs": stamp, "layout": layout}))
 
     todo = [(n, g) for n, g in zip(names, groups) if not stage.has(n)]
     total = sum(t.nbytes for t in tensors)
@@ -54,8 +54,7 @@ def convert_layout(src_dir: str | Path, out_dir: str | Path, to: str, workers: i
     seconds = prog.finish()
     weight_map = {t.key: n for n, g in zip(names, groups) for t in g}
     write_index(stage.partial, weight_map, total)
-    skip = {out_dir.resolve(), stage.partial.resolve()}
-    copy_other_files([p for p in src.other_files() if p.resolve() not in skip], stage.partial)
+    copy_other_files(src.other_files(), stage.partial)
     stage.finish()
     log(f"wrote {out_dir}: {len(tensors)} tensors in {len(groups)} shards, {human_bytes(total)} in {seconds:.1f}s", quiet)
     return {"output": str(out_dir), "tensors": len(tensors), "shards": len(groups), "bytes": total,

@@ -16,6 +16,7 @@ from ..hf_writer import kill_hook, layout_tensors, run_jobs
 from ..mapping import logical_tensors, mcore_tensors
 from ..progress import Progress, human_bytes, log
 from ..safetensors_io import dtype_name
+from ..outputs import HF_CHECKPOINT
 from ..staging import StagedDir, copy_other_files, plan_id
 from ..transforms import from_mcore
 from . import dcp
@@ -75,13 +76,14 @@ def mcore_to_hf(mcore_dir: str | Path, out: str | Path, hf_config: str | Path, f
     it = find_iteration_dir(mcore_dir, iteration)
     src = _open_source(it, cfg, hf_config)
     out_dtype = _out_dtype(src, cfg, dtype)
+    stage = StagedDir(out, HF_CHECKPOINT, [mcore_dir, it, hf_config], overwrite)
     tensors = layout_tensors(cfg, fmt, lambda n: _row_blocks(src, n, out_dtype(n)),
                              lambda n: dtype_name(out_dtype(n)), str(it))
     groups = plan_shards(tensors, parse_size(max_shard_size))
     names = [shard_name(i, len(groups)) for i in range(len(groups))]
     stamp = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(it.iterdir()) if p.is_file()]
-    stage = StagedDir(out, plan_id({"v": 1, "it": str(it.resolve()), "stamp": stamp, "fmt": fmt, "dtype": dtype,
-                                    "shard": max_shard_size, "config": cfg.summary()}), overwrite).open()
+    stage.open(plan_id({"v": 1, "it": str(it.resolve()), "stamp": stamp, "fmt": fmt, "dtype": dtype,
+                        "shard": max_shard_size, "config": cfg.summary()}))
     todo = [(n, g) for n, g in zip(names, groups) if not stage.has(n)]
     if stage.resumed and len(todo) < len(groups):
         log(f"resuming {stage.partial}: {len(groups) - len(todo)} of {len(groups)} shards already written", quiet)

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import Hy3Error
+from ..outputs import check_file
 from .reader import read_records
 from .rows import MESSAGE_KEYS, parse_row
 
@@ -69,13 +70,13 @@ class ConvertSummary:
         return "\n".join(lines)
 
 
-def convert_file(src: str | Path, out: str | Path, fmt: str, skip_bad: bool = False) -> ConvertSummary:
+def convert_file(src: str | Path, out: str | Path, fmt: str, skip_bad: bool = False,
+                 overwrite: bool = False) -> ConvertSummary:
     """Write the rows of `src` that convert to `out`; with any row refused, write nothing unless `skip_bad`."""
     if fmt not in FORMATS:
         raise Hy3Error(f"--from must be one of {', '.join(FORMATS)}, not {fmt!r}")
     src, out = Path(src), Path(out)
-    if out.exists() and out.resolve() == src.resolve():
-        raise Hy3Error(f"{out}: the output would overwrite the input")
+    check_file(out, [src], overwrite)  # outputs.py: the output policy
     convert = {"sharegpt": from_sharegpt, "hunyuan-legacy": from_hunyuan_legacy, "alpaca": from_alpaca}[fmt]
     summary = ConvertSummary()
     tmp = out.with_name(out.name + ".partial")

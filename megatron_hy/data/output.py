@@ -9,11 +9,14 @@ import json
 import os
 import shutil
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import Hy3Error
+from ..outputs import SWIFT_DATASET, check_dir, check_file
+from ..staging import new_dir
 from .encode import Encoder, Example
 from .validate import Report, require_valid, rows
 
@@ -55,14 +58,17 @@ def _pct(a: int, b: int) -> str:
 
 def encode_file(src: str | Path, out: str | Path, enc: Encoder, max_length: int | None = None,
                 overflow: str = "skip", pack: bool = False, swift_dataset: str | Path | None = None,
-                quiet: bool = False) -> Summary:
+                quiet: bool = False, tokenizer: str | Path | None = None, overwrite: bool = False) -> Summary:
+    """`tokenizer`: its directory, an input the outputs must keep clear of (outputs.py)."""
     src, out = Path(src), Path(out)
     if overflow not in OVERFLOW:
         raise Hy3Error(f"--overflow must be one of {', '.join(OVERFLOW)}, not {overflow!r}")
     if pack and not max_length:
         raise Hy3Error("--pack needs --max-length (the length of a packed row)")
-    if out.resolve() == src.resolve():
-        raise Hy3Error(f"{out}: the output would overwrite the input")
+    inputs = [src, tokenizer]
+    check_file(out, inputs, overwrite)
+    if swift_dataset:
+        check_dir(swift_dataset, SWIFT_DATASET, inputs + [out], overwrite)
     summary = Summary(warnings=require_valid(src).count("warning"))
     t0 = time.monotonic()
     next_report = t0 + 1.0
@@ -81,12 +87,13 @@ def encode_file(src: str | Path, out: str | Path, enc: Encoder, max_length: int 
                           f"{summary.rows / (time.monotonic() - t0):.0f} rows/s", file=sys.stderr, flush=True)
             if packer:
                 summary.written += _write_rows(f, packer.flush())
+        check_file(out, inputs, overwrite)
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
     summary.seconds = time.monotonic() - t0
     if swift_dataset:
-        write_swift_dataset(out, Path(swift_dataset), packed=pack)
+        write_swift_dataset(out, Path(swift_dataset), packed=pack, inputs=inputs, overwrite=overwrite)
     return summary
 
 
@@ -179,7 +186,7 @@ class _Packer:
         return [_row([e for e, _ in b], [w for _, w in b], packed=True) for b in bins]
 
 
-def write_swift_dataset(jsonl: Path, out: Path, packed: bool) -> Path:
+def write_swift_dataset(jsonl: Path, out: Path, packed: bool, inputs=(), overwrite: bool = False) -> Path:
     """The encoded rows as an Arrow dataset that `megatron sft --cached_dataset` loads (save_to_disk)."""
     import datasets
 
@@ -195,19 +202,12 @@ def write_swift_dataset(jsonl: Path, out: Path, packed: bool) -> Path:
                 r = json.loads(line)
                 yield {k: r[k] for k in feats}
 
-    tmp = out.with_name(out.name + ".partial")
-    cache = out.with_name(out.name + ".cache")
-    shutil.rmtree(tmp, ignore_errors=True)
     datasets.disable_progress_bars()
-    try:
-        ds = datasets.Dataset.from_generator(gen, features=datasets.Features(feats), cache_dir=str(cache))
-        ds.save_to_disk(str(tmp))
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    finally:
-        shutil.rmtree(cache, ignore_errors=True)
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
+    with new_dir(out, SWIFT_DATASET, [*inputs, jsonl], overwrite) as tmp:
+        cache = tempfile.mkdtemp(prefix=f".{out.name}.cache-", dir=tmp.parent)
+        try:
+            ds = datasets.Dataset.from_generator(gen, features=datasets.Features(feats), cache_dir=cache)
+            ds.save_to_disk(str(tmp))
+        finally:
+            shutil.rmtree(cache, ignore_errors=True)
     return out

@@ -14,8 +14,6 @@ the router, which is not a Linear) are listed by name, never dropped silently; -
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from collections import Counter, defaultdict
 from pathlib import Path
 
@@ -23,6 +21,8 @@ from .. import __version__
 from ..errors import Hy3Error
 from ..hf_checkpoint import HFCheckpoint
 from ..progress import log
+from ..outputs import ADAPTER, check_dir
+from ..staging import new_dir
 from .adapters import open_adapter
 
 PREFIX = "base_model.model."
@@ -41,8 +41,8 @@ def export_peft(adapter_dir: str | Path, base_dir: str | Path, out: str | Path, 
     for note in adapter.notes:
         log(f"note: {note}", quiet)
     out = Path(out)
-    if out.exists() and not overwrite:
-        raise Hy3Error(f"{out}: already exists; choose another output directory or pass --overwrite")
+    inputs = [adapter_dir, base.root, *base.files()]
+    check_dir(out, ADAPTER, inputs, overwrite)
 
     tensors, modules, params, ranks, skipped = _peft_tensors(cfg, adapter)
     if skipped:
@@ -68,7 +68,8 @@ def export_peft(adapter_dir: str | Path, base_dir: str | Path, out: str | Path, 
     report = {"source": str(Path(adapter_dir).resolve()), "format": adapter.kind, "created_by": f"megatron-hy {__version__}",
               "scaling": adapter.scaling, "exported_modules": len(modules), "exported_parameters": len(params),
               "not_exported": skipped, "notes": adapter.notes}
-    _write(out, tensors, config, report)
+    with new_dir(out, ADAPTER, inputs, overwrite) as tmp:
+        _write(tmp, tensors, config, report)
     log(f"wrote {out}: PEFT adapter with {len(modules)} modules and {len(params)} expert parameters "
         f"(rank {rank}, scaling {scaling:g})" + (f"; {len(skipped)} targets not exported" if skipped else ""), quiet)
     return report
@@ -106,21 +107,14 @@ def _peft_tensors(cfg, adapter) -> tuple[dict, list, list, dict, list]:
     return tensors, modules, params, ranks, skipped
 
 
-def _write(out: Path, tensors: dict, config: dict, report: dict) -> None:
-    """The adapter into OUT.partial, then renamed to OUT (replacing an old OUT only then)."""
+def _write(tmp: Path, tensors: dict, config: dict, report: dict) -> None:
     import torch
     from safetensors.torch import save_file
 
-    tmp = out.with_name(out.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     save_file({k: v.to(torch.float32).contiguous() for k, v in tensors.items()}, str(tmp / "adapter_model.safetensors"),
               metadata={"format": "pt"})
     (tmp / "adapter_config.json").write_text(json.dumps(config, indent=2) + "\n")
     (tmp / "export_report.json").write_text(json.dumps(report, indent=2) + "\n")
-    if out.exists():
-        shutil.rmtree(out)
-    os.rename(tmp, out)
 
 
 def _layer(name: str) -> int | None:

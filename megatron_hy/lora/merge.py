@@ -15,6 +15,7 @@ from ..hf_checkpoint import HFCheckpoint
 from ..hf_writer import kill_hook, layout_tensors, run_jobs
 from ..progress import Progress, human_bytes, log
 from ..safetensors_io import parse_size, plan_shards, shard_name, torch_dtype, write_index, write_shard
+from ..outputs import HF_CHECKPOINT
 from ..staging import StagedDir, copy_other_files, plan_id
 from .adapters import open_adapter
 
@@ -35,6 +36,7 @@ def merge_lora(base_dir: str | Path, adapter_dir: str | Path, out: str | Path, d
     lacking = sorted(targets - set(base.names()))
     if lacking:
         raise Hy3Error(f"{adapter_dir}: LoRA for {lacking[0]}, which {base_dir} does not have")
+    stage = StagedDir(out, HF_CHECKPOINT, [base.root, *base.files(), adapter_dir], overwrite)
 
     def out_dtype(name: str) -> str:
         if dtype is None or name.endswith("mlp.expert_bias"):
@@ -54,8 +56,7 @@ def merge_lora(base_dir: str | Path, adapter_dir: str | Path, out: str | Path, d
     stamp = [(str(p), p.stat().st_size, p.stat().st_mtime_ns)
              for p in sorted(set(Path(base.source(n)[0]) for n in base.names())) + sorted(Path(adapter_dir).rglob("*"))
              if p.is_file()]
-    stage = StagedDir(out, plan_id({"v": 1, "stamp": stamp, "dtype": dtype, "rslora": rslora, "shard": max_shard_size}),
-                      overwrite).open()
+    stage.open(plan_id({"v": 1, "stamp": stamp, "dtype": dtype, "rslora": rslora, "shard": max_shard_size}))
     todo = [(n, g) for n, g in zip(names, groups) if not stage.has(n)]
     if stage.resumed and len(todo) < len(groups):
         log(f"resuming {stage.partial}: {len(groups) - len(todo)} of {len(groups)} shards already written", quiet)

@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 from argparse import Namespace
 from pathlib import Path
 
 from ..config import Hy3Config
 from ..errors import Hy3Error
 from ..mapping import MCoreTensor, logical_tensors, mcore_tensors
+from ..outputs import ADAPTER
+from ..staging import new_dir
 from ..transforms import from_mcore
 
 KINDS = ("attention", "dense", "shared", "experts", "mtp", "router")
@@ -67,15 +68,15 @@ def random_factors(cfg: Hy3Config, kinds, rank: int, seed: int, zero: bool = Fal
 
 def write_mcore_adapter(out: Path, cfg: Hy3Config, factors: dict, alpha: float, saved_tp: int = 1,
                         use_rslora: bool = False) -> Path:
+    """Into the empty directory `out`."""
     import torch
 
     from ..convert import dcp
     from ..convert.torch_dist import TRACKER, iter_dir_name, write_iteration_files
 
     out = Path(out)
-    shutil.rmtree(out, ignore_errors=True)
     it = out / iter_dir_name(1)
-    it.mkdir(parents=True)
+    it.mkdir()
     rank = next(iter(factors.values()))[1].shape[-2]
     chunks, specs = [], []
     for module, (t, A, B) in factors.items():
@@ -102,12 +103,11 @@ def write_mcore_adapter(out: Path, cfg: Hy3Config, factors: dict, alpha: float, 
 
 
 def write_swift_peft_adapter(out: Path, cfg: Hy3Config, factors: dict, alpha: float, use_rslora: bool = False) -> Path:
+    """Into the empty directory `out`."""
     import torch
     from safetensors.torch import save_file
 
     out = Path(out)
-    shutil.rmtree(out, ignore_errors=True)
-    out.mkdir(parents=True)
     shapes = {t.name: t.shape for t in logical_tensors(cfg)}
     tensors, leaves = {}, set()
     rank = next(iter(factors.values()))[1].shape[-2]
@@ -134,13 +134,17 @@ def write_swift_peft_adapter(out: Path, cfg: Hy3Config, factors: dict, alpha: fl
 
 def write_tiny_adapter(base_dir, out, fmt: str = "mcore", kinds=("attention", "dense", "shared", "experts", "mtp"),
                        rank: int = 4, alpha: float = 8.0, seed: int = 0, saved_tp: int = 1, zero: bool = False,
-                       use_rslora: bool = False) -> Path:
+                       use_rslora: bool = False, overwrite: bool = False) -> Path:
+    """The adapter as the directory OUT (see outputs.py for when an existing OUT is replaced)."""
     from ..config import load_config
 
+    if fmt not in ("mcore", "swift-peft"):
+        raise Hy3Error(f"--format {fmt!r}: expected mcore or swift-peft")
     cfg = load_config(base_dir)
     factors = random_factors(cfg, kinds, rank, seed, zero)
-    if fmt == "mcore":
-        return write_mcore_adapter(out, cfg, factors, alpha, saved_tp, use_rslora)
-    if fmt == "swift-peft":
-        return write_swift_peft_adapter(out, cfg, factors, alpha, use_rslora)
-    raise Hy3Error(f"--format {fmt!r}: expected mcore or swift-peft")
+    with new_dir(out, ADAPTER, [base_dir], overwrite) as tmp:
+        if fmt == "mcore":
+            write_mcore_adapter(tmp, cfg, factors, alpha, saved_tp, use_rslora)
+        else:
+            write_swift_peft_adapter(tmp, cfg, factors, alpha, use_rslora)
+    return Path(out)

@@ -10,14 +10,15 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import Hy3Error
+from ..outputs import check_file
 
 
-def check_new(path: str | Path, suffix: str | None = None) -> Path:
+def check_new(path: str | Path, suffix: str | None = None, inputs=()) -> Path:
+    """A new file (outputs.py, with no --overwrite), clear of the inputs."""
     p = Path(path)
     if suffix and p.suffix.lower() != suffix:
         raise Hy3Error(f"{p}: expected a {suffix} file name")
-    if p.exists():
-        raise Hy3Error(f"{p}: already exists; choose a new file name (hy3 never overwrites a file it did not make)")
+    check_file(p, inputs, overwrite=None)
     if not p.parent.is_dir():
         raise Hy3Error(f"{p.parent}: no such directory")
     return p
