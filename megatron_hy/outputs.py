@@ -14,6 +14,8 @@ Commands check their output once their inputs are open and before any heavy work
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 from pathlib import Path
 
 from .errors import Hy3Error
@@ -105,6 +107,13 @@ def check_file(out: str | Path, inputs=(), overwrite: bool | None = False) -> Pa
                        + (" or pass --overwrite to replace it" if overwrite is False else
                           " (hy3 never overwrites a file it did not make)"))
     return out
+
+
+def temp_file(out: Path) -> Path:
+    """A new, empty file beside `out` to write it under; created exclusively, so it is never a user's file."""
+    fd, name = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".partial")
+    os.close(fd)
+    return Path(name)
 
 
 # the command-line help of every writing command

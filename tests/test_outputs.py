@@ -181,6 +181,17 @@ def test_an_existing_file_needs_overwrite(command, pristine, tmp_path):
     assert out.read_text() != "someone's file\n" and json.loads(out.read_text().splitlines()[0])
 
 
+@pytest.mark.parametrize("command", ["data encode", "data convert"])
+def test_a_file_beside_the_output_named_like_a_temporary_is_kept(command, pristine, tmp_path):
+    keys, argv = COMMANDS[command]
+    p = place(pristine, keys, tmp_path)
+    out = tmp_path / "out.jsonl"
+    (tmp_path / "out.jsonl.partial").write_text("someone's file\n")
+    assert_ok(hy3(*argv(p, out)))
+    assert (tmp_path / "out.jsonl.partial").read_text() == "someone's file\n"
+    assert [q.name for q in tmp_path.glob("*.partial")] == ["out.jsonl.partial"]
+
+
 def test_a_staging_directory_hy3_did_not_make_is_kept(pristine, tmp_path):
     """OUT.partial is where hy3 stages OUT; a directory there that hy3 did not make is neither used nor removed."""
     keys, argv = COMMANDS["lora make-tiny"]

@@ -56,7 +56,7 @@ def _add_convert(d) -> None:
     q.add_argument("--from", dest="fmt", required=True, choices=["sharegpt", "hunyuan-legacy", "alpaca"],
                    help="the input format")
     q.add_argument("input", metavar="IN", help="input .json or .jsonl")
-    q.add_argument("output", metavar="OUT", help="output .jsonl (written as OUT.partial, renamed when complete)")
+    q.add_argument("output", metavar="OUT", help="output .jsonl (written under a temporary name beside it, renamed when complete)")
     q.add_argument("--skip-bad", action="store_true",
                    help="write the rows that convert, report the others, and exit 1 if any row was refused "
                         "(default: write nothing if any row cannot be converted)")
@@ -73,7 +73,7 @@ def _add_encode(d) -> None:
                                  "(file:line), and position_ids when packed. The input is validated first; nothing "
                                  "is written if any row has an error.")
     q.add_argument("input", metavar="FILE", help="Hy3 rows, .jsonl or .json")
-    q.add_argument("output", metavar="OUT", help="output .jsonl (written as OUT.partial, renamed when complete)")
+    q.add_argument("output", metavar="OUT", help="output .jsonl (written under a temporary name beside it, renamed when complete)")
     _encoder_args(q)
     q.add_argument("--max-length", type=POSITIVE_INT, metavar="N", help="longest example in tokens (default: no limit)")
     q.add_argument("--overflow", choices=["skip", "truncate", "error"], default="skip",

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import Hy3Error
-from ..outputs import check_file
+from ..outputs import check_file, temp_file
 from .reader import read_records
 from .rows import MESSAGE_KEYS, parse_row
 
@@ -79,8 +79,8 @@ def convert_file(src: str | Path, out: str | Path, fmt: str, skip_bad: bool = Fa
     check_file(out, [src], overwrite)  # outputs.py: the output policy
     convert = {"sharegpt": from_sharegpt, "hunyuan-legacy": from_hunyuan_legacy, "alpaca": from_alpaca}[fmt]
     summary = ConvertSummary()
-    tmp = out.with_name(out.name + ".partial")
     out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_file(out)
     try:
         with open(tmp, "w", encoding="utf-8") as f:
             for rec in read_records(src):

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import Hy3Error
-from ..outputs import SWIFT_DATASET, check_dir, check_file
+from ..outputs import SWIFT_DATASET, check_dir, check_file, temp_file
 from ..staging import new_dir
 from .encode import Encoder, Example
 from .validate import Report, require_valid, rows
@@ -72,8 +72,8 @@ def encode_file(src: str | Path, out: str | Path, enc: Encoder, max_length: int 
     summary = Summary(warnings=require_valid(src).count("warning"))
     t0 = time.monotonic()
     next_report = t0 + 1.0
-    tmp = out.with_name(out.name + ".partial")
     out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_file(out)
     packer = _Packer(max_length) if pack else None
     try:
         with open(tmp, "w", encoding="utf-8") as f:
