@@ -101,6 +101,35 @@ def apply_cpu_shims() -> None:
     mappings.dist_reduce_scatter_func = reduce_scatter_into
 
 
+def cuda_as_cpu():
+    """A context in which megatron-core's training step runs on CPU tensors (CPU training runs in tests).
+
+    7. Inside it, a tensor asked for on device "cuda" is made on the CPU, and `Tensor.type()` of a CPU
+       tensor reads as its CUDA type. megatron-core 0.16 needs both to train on a CPU:
+       - optimizer/optimizer.py, MixedPrecisionOptimizer.__init__ (every DistributedOptimizer):
+         `torch.tensor([0], dtype=torch.int, device='cuda')` (`_dummy_overflow_buf`, `_scale_one`);
+       - optimizer/distrib_optimizer.py, `_build_model_and_main_param_groups`: raises TypeError unless
+         `param.type()` is 'torch.cuda.FloatTensor', 'torch.cuda.HalfTensor' or 'torch.cuda.BFloat16Tensor';
+       - pipeline_parallel/schedules.py, every forward_backward_* function:
+         `total_num_tokens = torch.zeros([], dtype=torch.int, device="cuda")`.
+       Nothing else changes: the optimizer, its sharding and the schedules are megatron-core's own.
+    """
+    import torch
+    from torch.overrides import TorchFunctionMode
+
+    class CudaAsCpu(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            kwargs = dict(kwargs or {})
+            if str(kwargs.get("device", "")).startswith("cuda"):
+                kwargs["device"] = "cpu"
+            out = func(*args, **kwargs)
+            if func is torch.Tensor.type and len(args) == 1 and not kwargs and out.startswith("torch."):
+                out = "torch.cuda." + out[len("torch."):]
+            return out
+
+    return CudaAsCpu()
+
+
 def causal_mask(seq: int):
     """Explicit causal mask (True = masked): GPTModel's default mask is built on device 'cuda'."""
     import torch
