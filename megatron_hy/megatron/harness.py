@@ -159,7 +159,45 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _child(rank: int, world: int, port: int, fn: Callable, args: tuple, queue) -> None:
+# What the worker processes' parent (a fork server, see _context) imports once. Importing torch and
+# megatron-core costs each process about 12 s of CPU on a 2-core VM, more than most parity runs compute.
+_PRELOAD = ["torch", "torch.distributed", "megatron.core.models.gpt", "megatron.core.transformer.moe.moe_layer",
+            "megatron_hy.megatron.parity", "megatron_hy.megatron.model", "megatron_hy.megatron.weights"]
+# The fork server's environment: one OpenMP thread (no thread pool exists to be lost in a fork) and no
+# import-time warnings from megatron-core (transformer_engine and apex are absent on a CPU).
+_SERVER_ENV = {"OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+
+
+def _context():
+    """The multiprocessing context whose workers are forked from one clean server process.
+
+    The server is a new interpreter started on first use; it imports _PRELOAD and nothing else, and lives as
+    long as this process, so every later run_distributed starts its ranks without importing anything again.
+    """
+    import multiprocessing as mp
+    from multiprocessing import forkserver
+
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(_PRELOAD)
+    saved = {k: os.environ.get(k) for k in _SERVER_ENV}
+    os.environ.update(_SERVER_ENV)
+    try:
+        forkserver.ensure_running()
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    return ctx
+
+
+def _child(rank: int, world: int, port: int, fn: Callable, args: tuple, queue, env: dict, cwd: str) -> None:
+    # A forked worker starts with the fork server's environment and directory: take the caller's, as a
+    # freshly started process would have.
+    os.environ.clear()
+    os.environ.update(env)
+    os.chdir(cwd)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank), CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1",
                       TRANSFORMERS_VERBOSITY="error", TOKENIZERS_PARALLELISM="false")
@@ -198,12 +236,12 @@ def run_distributed(fn: Callable, world: int, *args, timeout: float = 900) -> li
     fn must be importable (a module-level function) and its result picklable. A failure on any rank
     raises with that rank's traceback (or its one-line message for a Hy3Error).
     """
-    import multiprocessing as mp
-
-    ctx = mp.get_context("spawn")
+    ctx = _context()
     queue = ctx.Queue()
     port = free_port()
-    procs = [ctx.Process(target=_child, args=(r, world, port, fn, args, queue), daemon=False) for r in range(world)]
+    env, cwd = dict(os.environ), os.getcwd()
+    procs = [ctx.Process(target=_child, args=(r, world, port, fn, args, queue, env, cwd), daemon=False)
+             for r in range(world)]
     for p in procs:
         p.start()
     results: dict[int, Any] = {}
