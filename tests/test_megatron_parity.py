@@ -110,12 +110,13 @@ def test_vocab_padding_top3_and_six_experts_per_ep_rank(tmp_path):
 
 
 def test_verify_parity_cli_json(pair):
-    proc = run_cli("verify", "parity", str(pair[1]), "--tp", "2", "--json", timeout=600)
+    proc = run_cli("verify", "parity", str(pair[1]), "--tp", "2", "--pp", "2", "--vpp", "2", "--json", timeout=600)
     assert proc.returncode == 0, proc.stderr
     data = json.loads(proc.stdout)
-    assert data["passed"] is True and data["layout"].startswith("TP2")
+    assert data["passed"] is True and data["layout"] == "TP2 PP2 VPP2 EP1"
     for key in ("max_abs_err", "max_rel_err", "mtp_max_rel_err"):
         assert data[key] <= TOLERANCE
+    assert data["experts_without_tokens"] == 0 and sorted(data["expert_tokens"]) == ["2", "3", "4", "5"]
 
 
 def test_uncovered_checkpoint_tensor_fails_naming_it(pair, tmp_path):
@@ -140,5 +141,10 @@ def test_top1_checkpoint_is_refused(tmp_path):
     assert_one_error(run_cli("verify", "parity", str(ck)), "num_experts_per_tok is 1")
 
 
-def test_layout_that_does_not_fit_is_refused(pair):
-    assert_one_error(run_cli("verify", "parity", str(pair[0]), "--tp", "3"), "TP 3 must divide")
+@pytest.mark.parametrize("flags, message", [
+    (["--tp", "3"], "TP 3 must divide"),
+    (["--vpp", "2"], "--vpp 2 needs pipeline parallelism: --pp must be at least 2, got 1"),
+    (["--pp", "2", "--vpp", "4"], "PP 2 x VPP 4 = 8 must divide the number of decoder layers (4)"),
+], ids=["tp3", "vpp-without-pp", "vpp-too-many-stages"])
+def test_layout_that_does_not_fit_is_refused(pair, flags, message):
+    assert_one_error(run_cli("verify", "parity", str(pair[0]), *flags), message)
