@@ -106,9 +106,9 @@ def cuda_as_cpu():
 
     7. Inside it, a tensor asked for on device "cuda" is made on the CPU, and `Tensor.type()` of a CPU
        tensor reads as its CUDA type. megatron-core 0.16 needs both to train on a CPU:
-       - optimizer/optimizer.py, MixedPrecisionOptimizer.__init__ (every DistributedOptimizer):
+       - optimizer/optimizer.py:481, MixedPrecisionOptimizer.__init__ (every DistributedOptimizer):
          `torch.tensor([0], dtype=torch.int, device='cuda')` (`_dummy_overflow_buf`, `_scale_one`);
-       - optimizer/distrib_optimizer.py, `_build_model_and_main_param_groups`: raises TypeError unless
+       - optimizer/distrib_optimizer.py:431, `_build_model_and_main_param_groups`: raises TypeError unless
          `param.type()` is 'torch.cuda.FloatTensor', 'torch.cuda.HalfTensor' or 'torch.cuda.BFloat16Tensor';
        - pipeline_parallel/schedules.py, every forward_backward_* function:
          `total_num_tokens = torch.zeros([], dtype=torch.int, device="cuda")`.
