@@ -161,8 +161,10 @@ def free_port() -> int:
 
 # What the worker processes' parent (a fork server, see _context) imports once. Importing torch and
 # megatron-core costs each process about 12 s of CPU on a 2-core VM, more than most parity runs compute.
+# Third-party packages only: the server does not get the caller's sys.path (Python 3.11 forkserver ignores
+# it), each worker does, so this package's own modules are imported by the workers (0.1 s).
 _PRELOAD = ["torch", "torch.distributed", "megatron.core.models.gpt", "megatron.core.transformer.moe.moe_layer",
-            "megatron_hy.megatron.parity", "megatron_hy.megatron.model", "megatron_hy.megatron.weights"]
+            "megatron.core.dist_checkpointing", "megatron.core.pipeline_parallel.p2p_communication"]
 # The fork server's environment: one OpenMP thread (no thread pool exists to be lost in a fork) and no
 # import-time warnings from megatron-core (transformer_engine and apex are absent on a CPU).
 _SERVER_ENV = {"OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
