@@ -173,3 +173,26 @@ def swift_run(tmp_path_factory, tiny_inner, tiny_outer, tiny_tencent, lora_base)
     from swift_jobs import run_all
 
     return run_all(tmp_path_factory.mktemp("swift"), tiny_inner, tiny_outer, tiny_tencent, lora_base)
+
+
+# --- megatron-core in 4 gloo processes: parity under the recipes' expert layout, then a training run ----------
+
+@pytest.fixture(scope="session")
+def megatron_world4(tmp_path_factory, lora_base):
+    """One set of 4 processes (tests/mcore_jobs.py parity_then_train) on lora_base: the parity run under
+    TP2 PP2 EP2 ETP1 from HF and from our torch_dist, then a 2-step megatron-core training run under
+    PP2 x EP2 x DP2 that megatron-core saves with its optimizer state. The outputs, judged by the tests."""
+    from types import SimpleNamespace
+
+    from mcore_jobs import TrainJob, parity_then_train
+    from megatron_hy.convert.hf_to_mcore import hf_to_mcore
+    from megatron_hy.megatron.harness import run_distributed
+    from megatron_hy.megatron.parity import parity_job, random_tokens
+
+    root = tmp_path_factory.mktemp("world4")
+    hf_to_mcore(lora_base, root / "mcore", quiet=True)
+    job = parity_job(lora_base, [("hf", lora_base), ("mcore", root / "mcore")], tp=2, pp=2, ep=2, etp=1, export=True)
+    train = TrainJob(str(lora_base), str(root / "trained"), random_tokens(512, 2, 16, seed=1).tolist())
+    ranks = run_distributed(parity_then_train, 4, job, train)
+    return SimpleNamespace(job=job, parity=[r["parity"] for r in ranks], train_job=train,
+                           train=[r["train"] for r in ranks], trained=root / "trained")

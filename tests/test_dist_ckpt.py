@@ -39,7 +39,10 @@ def mcore(tiny):
 
 
 def same_checkpoint(a, b):
-    ta, tb = load_tensors(a), load_tensors(b)
+    same_checkpoint_tensors(load_tensors(a), load_tensors(b))
+
+
+def same_checkpoint_tensors(ta: dict, tb: dict):
     assert sorted(ta) == sorted(tb)
     bad = [k for k in ta if not same_bits(ta[k], tb[k])]
     assert not bad, bad[:5]
@@ -97,6 +100,56 @@ def test_megatron_saved_checkpoint_converts_byte_exactly(tiny, tmp_path):
     assert len(qkv.chunks) == 2  # really saved from two TP ranks
     mcore_to_hf(saved, tmp_path / "hf", inner, quiet=True)
     same_checkpoint(inner, tmp_path / "hf")
+
+
+def test_megatron_trained_checkpoint_converts_exactly(megatron_world4, lora_base, tmp_path, capsys):
+    """megatron-core trained this checkpoint (2 steps of its distributed optimizer and 1F1B schedule under
+    PP2 x EP2 x DP2, conftest.megatron_world4) and saved it with the optimizer state beside the weights:
+    mcore-to-hf skips that state, gives the trained weights byte for byte, and transformers on the result
+    computes the trained Megatron model's logits."""
+    import torch
+    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
+    from megatron_helpers import assemble_hf
+    from megatron_hy.convert.mcore_to_hf import is_optimizer_key
+    from megatron_hy.hf_checkpoint import HFCheckpoint
+    from megatron_hy.megatron.parity import TOLERANCE, compare
+    from megatron_hy.reference import reference_logits
+    from megatron_hy.safetensors_io import torch_dtype
+
+    w = megatron_world4
+    meta = pickle.loads((w.trained / "iter_0000002" / ".metadata").read_bytes())
+    optim = [k for k in meta.state_dict_metadata if is_optimizer_key(k)]
+    # the distributed optimizer's own buffers, one part per chained optimizer (dense and expert parameters)
+    assert {k.split(".")[0] for k in optim} == {"chained_0", "chained_1"}
+    assert any(".optimizer.distributed." in k and k.endswith(".exp_avg") for k in optim)
+    assert all(len(r["losses"]) == w.train_job.steps for r in w.train)
+
+    out = tmp_path / "hf"
+    report = mcore_to_hf(w.trained, out, lora_base)  # what `hy3 convert mcore-to-hf` runs
+    n_optim_tensors = sum(isinstance(meta.state_dict_metadata[k], TensorStorageMetadata) for k in optim)
+    assert report["optimizer_tensors_skipped"] == n_optim_tensors
+    assert f"skipped {n_optim_tensors} optimizer-state tensors" in capsys.readouterr().err
+
+    pieces = [p for r in w.train for p in r["pieces"]]
+    held = {}
+    for p in pieces:  # every replica of a piece (data-parallel ranks) holds the same trained values
+        region = (p.key, p.prepend, p.slices)
+        assert same_bits(held.setdefault(region, p.data), p.data), region
+    base = HFCheckpoint(lora_base)
+    trained = assemble_hf(pieces, base.config, None, {n: torch_dtype(base.dtype(n)) for n in base.names()})
+    same_checkpoint_tensors(trained, load_tensors(out))
+    # training moved every weight; the router's expert bias is frozen (update rate 0) and stays as it was
+    unchanged = sorted(n for n in trained if same_bits(trained[n], base.read(n)))
+    assert unchanged == sorted(n for n in trained if n.endswith("mlp.expert_bias"))
+
+    owner = next(r for r in w.train if "logits" in r)
+    tokens = torch.tensor(w.train_job.tokens)
+    ref, ref_mtp = reference_logits(out, tokens)
+    assert compare(owner["logits"], ref)[1] <= TOLERANCE
+    assert len(owner["mtp"]) == len(ref_mtp) == 1
+    assert compare(owner["mtp"][0], ref_mtp[0])[1] <= TOLERANCE
+    assert compare(owner["logits"], reference_logits(lora_base, tokens)[0])[1] > 100 * TOLERANCE  # it did train
 
 
 def test_resume_after_kill(tiny, mcore, tmp_path):

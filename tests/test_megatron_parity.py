@@ -2,7 +2,8 @@
 
 Each layout runs once and checks, for the inner and the outer copy of the same checkpoint:
 logits and MTP logits within 1e-5 relative error, and HF -> Megatron -> HF byte-exact for every tensor.
-The mapping table's tensor-parallel axes are checked against Megatron's own sharding on every run.
+The mapping table's tensor-parallel axes are checked against Megatron's own sharding on every run, and
+every routed expert of every MoE layer must have received tokens from megatron-core's router.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from conftest import assert_one_error, run_cli, same_bits
 from megatron_helpers import assemble_hf
 from megatron_hy.hf_checkpoint import HFCheckpoint
 from megatron_hy.megatron.config import padded_vocab_size
-from megatron_hy.megatron.parity import TOLERANCE, make_layout, run_parity
+from megatron_hy.megatron.parity import TOLERANCE, judge, make_layout, run_parity
 from megatron_hy.safetensors_io import torch_dtype
 from megatron_hy.tiny import TinySpec, write_tiny
 
@@ -41,10 +42,18 @@ def mcore(pair, tmp_path_factory):
 
 
 def check(results, ranks, sources, layout):
+    lay = make_layout(**layout)
     for res in results:
         assert res.passed, res
         assert res.max_rel_err <= TOLERANCE and res.mtp_max_rel_err <= TOLERANCE, res
         assert len(res.mtp_max_abs_err) == 1
+    cfg = HFCheckpoint(sources[0]).config
+    for res in results:  # every expert of every MoE layer (the MTP layer's too) was exercised by the compared tokens
+        assert len(res.expert_tokens) == cfg.layer_types.count("sparse") + cfg.num_mtp_layers, res.expert_tokens
+        assert all(len(c) == cfg.num_experts for c in res.expert_tokens.values())
+        assert res.experts_without_tokens == 0, res.expert_tokens
+    assert all(len(r["layers"]) == lay.chunks for r in ranks)  # one model chunk per virtual stage
+    assert sorted({n for r in ranks for c in r["layers"] for n in c}) == list(range(1, cfg.num_layers + 1))
     for i, src in enumerate(sources):
         hf = HFCheckpoint(src)
         cfg = hf.config
@@ -56,7 +65,10 @@ def check(results, ranks, sources, layout):
         assert not bad, f"not byte-exact after HF -> Megatron -> HF: {bad[:5]}"
 
 
-LAYOUTS = {"TP1": {}, "TP2": {"tp": 2}, "EP2": {"ep": 2}, "PP2": {"pp": 2}, "TP2+EP2": {"tp": 2, "ep": 2}}
+LAYOUTS = {"TP1": {}, "TP2": {"tp": 2}, "EP2": {"ep": 2}, "PP2": {"pp": 2}, "TP2+EP2": {"tp": 2, "ep": 2},
+           # the recipes' expert layout: experts not split by TP (ETP 1) while attention and dense MLPs are
+           "TP2+EP2 ETP1": {"tp": 2, "ep": 2, "etp": 1},
+           "PP2 VPP2": {"pp": 2, "vpp": 2}}
 
 
 @pytest.mark.parametrize("name", list(LAYOUTS))
@@ -69,6 +81,16 @@ def test_parity_and_round_trip(pair, mcore, name):
     assert len(ranks) == make_layout(**layout).world
     assert [r.source for r in results] == ["hf", "hf", "mcore"]
     check(results, ranks, [inner, outer, inner], layout)
+    if "vpp" in layout:  # megatron-core interleaves the chunks: rank 0 holds layers 1 and 3, rank 1 layers 2 and 4
+        assert [r["layers"] for r in ranks] == [[[1], [3]], [[2], [4]]]
+
+
+def test_tp2_pp2_ep2_etp1_from_hf_and_torch_dist(megatron_world4, lora_base):
+    """The recipes' expert layout with pipeline stages, in 4 processes (conftest.megatron_world4)."""
+    w = megatron_world4
+    results = judge(w.job, w.parity, lora_base)
+    assert [r.layout for r in results] == ["TP2 PP2 EP2 ETP1"] * 2 and [r.source for r in results] == ["hf", "mcore"]
+    check(results, w.parity, [lora_base, lora_base], {"tp": 2, "pp": 2, "ep": 2, "etp": 1})
 
 
 def test_one_kv_head_two_dense_layers_under_pp2_ep2(tmp_path):
@@ -88,12 +110,13 @@ def test_vocab_padding_top3_and_six_experts_per_ep_rank(tmp_path):
 
 
 def test_verify_parity_cli_json(pair):
-    proc = run_cli("verify", "parity", str(pair[1]), "--tp", "2", "--json", timeout=600)
+    proc = run_cli("verify", "parity", str(pair[1]), "--tp", "2", "--pp", "2", "--vpp", "2", "--json", timeout=600)
     assert proc.returncode == 0, proc.stderr
     data = json.loads(proc.stdout)
-    assert data["passed"] is True and data["layout"].startswith("TP2")
+    assert data["passed"] is True and data["layout"] == "TP2 PP2 VPP2 EP1"
     for key in ("max_abs_err", "max_rel_err", "mtp_max_rel_err"):
         assert data[key] <= TOLERANCE
+    assert data["experts_without_tokens"] == 0 and sorted(data["expert_tokens"]) == ["2", "3", "4", "5"]
 
 
 def test_uncovered_checkpoint_tensor_fails_naming_it(pair, tmp_path):
@@ -118,5 +141,10 @@ def test_top1_checkpoint_is_refused(tmp_path):
     assert_one_error(run_cli("verify", "parity", str(ck)), "num_experts_per_tok is 1")
 
 
-def test_layout_that_does_not_fit_is_refused(pair):
-    assert_one_error(run_cli("verify", "parity", str(pair[0]), "--tp", "3"), "TP 3 must divide")
+@pytest.mark.parametrize("flags, message", [
+    (["--tp", "3"], "TP 3 must divide"),
+    (["--vpp", "2"], "--vpp 2 needs pipeline parallelism: --pp must be at least 2, got 1"),
+    (["--pp", "2", "--vpp", "4"], "PP 2 x VPP 4 = 8 must divide the number of decoder layers (4)"),
+], ids=["tp3", "vpp-without-pp", "vpp-too-many-stages"])
+def test_layout_that_does_not_fit_is_refused(pair, flags, message):
+    assert_one_error(run_cli("verify", "parity", str(pair[0]), *flags), message)

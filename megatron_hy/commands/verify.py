@@ -11,16 +11,21 @@ def register(sub) -> None:
     p = sub.add_parser("verify", help="numerical checks against transformers",
                        description="Numerical checks of Megatron Hy3 against transformers' HYV3ForCausalLM.")
     v = p.add_subparsers(dest="check", metavar="CHECK", required=True)
-    q = v.add_parser("parity", help="Megatron logits vs transformers on CPU under a TP/PP/EP/ETP layout",
+    q = v.add_parser("parity", help="Megatron logits vs transformers on CPU under a TP/PP/VPP/EP/ETP layout",
                      description="Load the checkpoint into megatron-core's GPTModel under the given layout (real "
                                  "processes over gloo on this CPU), run random tokens through it and through "
                                  "transformers' HYV3ForCausalLM plus the reference MTP forward, and print the "
                                  "largest absolute and relative error of the logits and of each MTP depth's "
                                  "logits. Relative error is max|megatron - reference| / max|reference|. "
+                                 "It also counts the tokens Megatron's router sent to each routed expert and "
+                                 "says how many experts received none (their weights were not compared). "
                                  "Exit 1 above the tolerance. Meant for small or tiny checkpoints.")
     q.add_argument("hf_dir", metavar="HF_DIR", help="HF Hy3 checkpoint (inner or outer layout)")
     q.add_argument("--tp", type=POSITIVE_INT, default=1, help="tensor parallel size (default 1)")
     q.add_argument("--pp", type=POSITIVE_INT, default=1, help="pipeline parallel size (default 1)")
+    q.add_argument("--vpp", type=POSITIVE_INT, default=None,
+                   help="virtual pipeline stages per pipeline rank (interleaved schedule; needs --pp 2 or more; "
+                        "PP x VPP must divide the decoder layers; default: none)")
     q.add_argument("--ep", type=POSITIVE_INT, default=1, help="expert parallel size (default 1)")
     q.add_argument("--etp", type=POSITIVE_INT, default=None, help="expert tensor parallel size (default: same as --tp)")
     q.add_argument("--mcore", metavar="DIR", default=None,
@@ -47,11 +52,13 @@ def run_parity(args) -> int:
     if args.adapter and args.mcore:
         raise Hy3Error("--mcore and --adapter cannot be combined")
     if args.adapter:
-        res = run(args.hf_dir, [("hf+lora", (args.base, args.adapter))], args.tp, args.pp, args.ep, args.etp,
-                  args.tokens, args.batch, args.seed, args.tolerance)[0][0]
+        res = run(args.hf_dir, [("hf+lora", (args.base, args.adapter))], tp=args.tp, pp=args.pp, ep=args.ep,
+                  etp=args.etp, tokens=args.tokens, batch=args.batch, seed=args.seed, tolerance=args.tolerance,
+                  vpp=args.vpp)[0][0]
     else:
         res = verify_parity(args.hf_dir, tp=args.tp, pp=args.pp, ep=args.ep, etp=args.etp, tokens=args.tokens,
-                            batch=args.batch, seed=args.seed, mcore_dir=args.mcore, tolerance=args.tolerance)
+                            batch=args.batch, seed=args.seed, mcore_dir=args.mcore, tolerance=args.tolerance,
+                            vpp=args.vpp)
     if args.json:
         print(json.dumps(res.to_json()))
     else:
@@ -63,5 +70,11 @@ def run_parity(args) -> int:
             print(f"  MTP depth {k + 1}  max abs {a:.3e}")
         if res.mtp_max_rel_err is not None:
             print(f"  MTP          max rel {res.mtp_max_rel_err:.3e}")
+        pairs = sum(len(c) for c in res.expert_tokens.values())
+        if res.experts_without_tokens:
+            print(f"  experts      {res.experts_without_tokens} of {pairs} (layer, expert) pairs received no tokens: "
+                  "their weights were not compared; use more --tokens or another --seed")
+        elif pairs:
+            print(f"  experts      every one of {pairs} (layer, expert) pairs received tokens")
         print(f"  {'PASSED' if res.passed else 'FAILED'} (tolerance {res.tolerance:g})")
     return 0 if res.passed else 1

@@ -7,6 +7,7 @@ mapping table, and streamed into shards in the inner or outer layout.
 
 from __future__ import annotations
 
+import re
 import threading
 from pathlib import Path
 
@@ -40,6 +41,7 @@ class MCoreSource:
                     self.where[n] = (t, e if t.experts is not None else None, j, start)
                     start += self.shapes[n][0]
         self._local = threading.local()  # writer threads share this source; each keeps its own qkv
+        self.skipped = 0  # optimizer-state tensors in the checkpoint, not converted
 
     def shape(self, name: str) -> tuple:
         return self.shapes[name]
@@ -103,9 +105,11 @@ def mcore_to_hf(mcore_dir: str | Path, out: str | Path, hf_config: str | Path, f
     write_manifest(stage.partial, f"hf-{fmt}", {"mcore_dir": str(Path(mcore_dir).resolve()), "iteration_dir": it.name},
                    _shard_checksums(stage, names))
     stage.finish()
+    skipped = f"; skipped {src.skipped} optimizer-state tensors (not model weights)" if src.skipped else ""
     log(f"wrote {out}: {len(tensors)} tensors ({fmt} layout) in {len(groups)} shards, {human_bytes(total)} "
-        f"in {seconds:.1f}s", quiet)
-    return {"output": str(out), "tensors": len(tensors), "shards": len(groups), "bytes": total, "seconds": seconds}
+        f"in {seconds:.1f}s{skipped}", quiet)
+    return {"output": str(out), "tensors": len(tensors), "shards": len(groups), "bytes": total, "seconds": seconds,
+            "optimizer_tensors_skipped": src.skipped}
 
 
 def _open_source(it: Path, cfg: Hy3Config, hf_config) -> MCoreSource:
@@ -118,7 +122,7 @@ def _open_source(it: Path, cfg: Hy3Config, hf_config) -> MCoreSource:
     if padded < cfg.vocab_size:
         raise Hy3Error(f"{it}: embedding has {padded} rows, {hf_config}/config.json says vocab_size {cfg.vocab_size}")
     src = MCoreSource(reader, cfg, padded)
-    _check_against_config(reader, src, it, hf_config)
+    src.skipped = _check_against_config(reader, src, it, hf_config)
     return src
 
 
@@ -179,8 +183,18 @@ def _tensor_bytes(t) -> memoryview:
     return memoryview(t.contiguous().view(-1).view(torch.uint8).numpy())
 
 
-def _check_against_config(reader: dcp.DcpReader, src: MCoreSource, it: Path, hf_config) -> None:
-    model_keys = {k for k in reader.keys() if not k.startswith("optimizer.")}
+# megatron-core names optimizer state `optimizer.…`; a ChainedOptimizer (MoE: one for dense, one for expert
+# parameters) prefixes each part's keys with `chained_N.` (optimizer/optimizer.py, ChainedOptimizer.sharded_state_dict).
+_OPTIMIZER_KEY = re.compile(r"(chained_\d+\.)?optimizer\.")
+
+
+def is_optimizer_key(key: str) -> bool:
+    return _OPTIMIZER_KEY.match(key) is not None
+
+
+def _check_against_config(reader: dcp.DcpReader, src: MCoreSource, it: Path, hf_config) -> int:
+    """Raises unless the checkpoint's model tensors are exactly the config's; returns the optimizer tensors skipped."""
+    model_keys = {k for k in reader.keys() if not is_optimizer_key(k)}
     table = {t.key: t for t in src.tensors}
     missing = sorted(set(table) - model_keys)
     if missing:
@@ -193,3 +207,4 @@ def _check_against_config(reader: dcp.DcpReader, src: MCoreSource, it: Path, hf_
     for k, t in table.items():
         if reader.shape(k) != tuple(t.shape):
             raise Hy3Error(f"{it}: {k} has shape {list(reader.shape(k))}, {hf_config}/config.json implies {list(t.shape)}")
+    return len(reader.keys()) - len(model_keys)

@@ -101,6 +101,35 @@ def apply_cpu_shims() -> None:
     mappings.dist_reduce_scatter_func = reduce_scatter_into
 
 
+def cuda_as_cpu():
+    """A context in which megatron-core's training step runs on CPU tensors (CPU training runs in tests).
+
+    7. Inside it, a tensor asked for on device "cuda" is made on the CPU, and `Tensor.type()` of a CPU
+       tensor reads as its CUDA type. megatron-core 0.16 needs both to train on a CPU:
+       - optimizer/optimizer.py:481, MixedPrecisionOptimizer.__init__ (every DistributedOptimizer):
+         `torch.tensor([0], dtype=torch.int, device='cuda')` (`_dummy_overflow_buf`, `_scale_one`);
+       - optimizer/distrib_optimizer.py:431, `_build_model_and_main_param_groups`: raises TypeError unless
+         `param.type()` is 'torch.cuda.FloatTensor', 'torch.cuda.HalfTensor' or 'torch.cuda.BFloat16Tensor';
+       - pipeline_parallel/schedules.py, every forward_backward_* function:
+         `total_num_tokens = torch.zeros([], dtype=torch.int, device="cuda")`.
+       Nothing else changes: the optimizer, its sharding and the schedules are megatron-core's own.
+    """
+    import torch
+    from torch.overrides import TorchFunctionMode
+
+    class CudaAsCpu(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            kwargs = dict(kwargs or {})
+            if str(kwargs.get("device", "")).startswith("cuda"):
+                kwargs["device"] = "cpu"
+            out = func(*args, **kwargs)
+            if func is torch.Tensor.type and len(args) == 1 and not kwargs and out.startswith("torch."):
+                out = "torch.cuda." + out[len("torch."):]
+            return out
+
+    return CudaAsCpu()
+
+
 def causal_mask(seq: int):
     """Explicit causal mask (True = masked): GPTModel's default mask is built on device 'cuda'."""
     import torch
@@ -130,7 +159,47 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _child(rank: int, world: int, port: int, fn: Callable, args: tuple, queue) -> None:
+# What the worker processes' parent (a fork server, see _context) imports once. Importing torch and
+# megatron-core costs each process about 12 s of CPU on a 2-core VM, more than most parity runs compute.
+# Third-party packages only: the server does not get the caller's sys.path (Python 3.11 forkserver ignores
+# it), each worker does, so this package's own modules are imported by the workers (0.1 s).
+_PRELOAD = ["torch", "torch.distributed", "megatron.core.models.gpt", "megatron.core.transformer.moe.moe_layer",
+            "megatron.core.dist_checkpointing", "megatron.core.pipeline_parallel.p2p_communication"]
+# The fork server's environment: one OpenMP thread (no thread pool exists to be lost in a fork) and no
+# import-time warnings from megatron-core (transformer_engine and apex are absent on a CPU).
+_SERVER_ENV = {"OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+
+
+def _context():
+    """The multiprocessing context whose workers are forked from one clean server process.
+
+    The server is a new interpreter started on first use; it imports _PRELOAD and nothing else, and lives as
+    long as this process, so every later run_distributed starts its ranks without importing anything again.
+    """
+    import multiprocessing as mp
+    from multiprocessing import forkserver
+
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(_PRELOAD)
+    saved = {k: os.environ.get(k) for k in _SERVER_ENV}
+    os.environ.update(_SERVER_ENV)
+    try:
+        forkserver.ensure_running()
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    return ctx
+
+
+def _child(rank: int, world: int, port: int, fn: Callable, args: tuple, queue, env: dict, cwd: str) -> None:
+    # A forked worker starts with the fork server's environment and directory: take the caller's, as a
+    # freshly started process would have.
+    os.environ.clear()
+    os.environ.update(env)
+    os.chdir(cwd)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank), CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1",
                       TRANSFORMERS_VERBOSITY="error", TOKENIZERS_PARALLELISM="false")
@@ -169,12 +238,12 @@ def run_distributed(fn: Callable, world: int, *args, timeout: float = 900) -> li
     fn must be importable (a module-level function) and its result picklable. A failure on any rank
     raises with that rank's traceback (or its one-line message for a Hy3Error).
     """
-    import multiprocessing as mp
-
-    ctx = mp.get_context("spawn")
+    ctx = _context()
     queue = ctx.Queue()
     port = free_port()
-    procs = [ctx.Process(target=_child, args=(r, world, port, fn, args, queue), daemon=False) for r in range(world)]
+    env, cwd = dict(os.environ), os.getcwd()
+    procs = [ctx.Process(target=_child, args=(r, world, port, fn, args, queue, env, cwd), daemon=False)
+             for r in range(world)]
     for p in procs:
         p.start()
     results: dict[int, Any] = {}

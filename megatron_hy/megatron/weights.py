@@ -54,18 +54,21 @@ def local_region(st) -> tuple[tuple[int, ...], tuple]:
     return pre, slices
 
 
-def load_mcore_into_model(model, mcore_dir: str | Path, iteration: int | None = None) -> None:
-    """What ms-swift does for --mcore_model: dist_checkpointing.load into the model's sharded state dict."""
+def load_mcore_into_model(models: list, mcore_dir: str | Path, iteration: int | None = None) -> None:
+    """What ms-swift does for --mcore_model: dist_checkpointing.load into the model chunks' sharded state dicts
+    (one chunk: key `model`; with virtual pipeline stages: `model0`, `model1`, ... as Megatron names them)."""
     from megatron.core import dist_checkpointing
 
     from ..convert.torch_dist import find_iteration_dir
 
     it = find_iteration_dir(mcore_dir, iteration)
-    state = dist_checkpointing.load({"model": model_sharded_state_dict(model)}, str(it))
-    missing, unexpected = model.load_state_dict(state["model"], strict=False)
-    bad = [k for k in missing if not k.endswith("_extra_state")]
-    if bad:
-        raise Hy3Error(f"{it}: the checkpoint did not provide {bad[0]}")
+    names = ["model"] if len(models) == 1 else [f"model{i}" for i in range(len(models))]
+    state = dist_checkpointing.load({n: model_sharded_state_dict(m) for n, m in zip(names, models)}, str(it))
+    for n, m in zip(names, models):
+        missing, unexpected = m.load_state_dict(state[n], strict=False)
+        bad = [k for k in missing if not k.endswith("_extra_state")]
+        if bad:
+            raise Hy3Error(f"{it}: the checkpoint did not provide {bad[0]}")
 
 
 def load_into_model(model, cfg: Hy3Config, read: Callable[[str], "object"], padded_vocab: int | None = None) -> int:
