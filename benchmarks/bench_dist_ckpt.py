@@ -94,6 +94,7 @@ def summarize(args, cfg, built, runs, sizes, verified, machine_info) -> dict:
 def markdown(res: dict) -> str:
     c, m, fs = res["checkpoint"], res["machine"], res["machine"]["filesystem"]
     n = res["cp_parallel_processes"]
+    loads = [r["load_average"] for v in res["runs"].values() for r in v]
     lines = ["## HF <-> torch_dist", "",
              f"Synthetic Hy3 at real widths (hidden {c['hidden']}, expert FFN {c['expert_ffn']}, vocab {c['vocab']}), "
              f"{c['experts']} experts, {c['layers']} layers + {c['mtp_layers']} MTP layer: {c['hf_bytes'] / GB:.2f} GB "
@@ -104,7 +105,8 @@ def markdown(res: dict) -> str:
              f"{n['cp_hf_parallel']} for the HF checkpoint, {n['cp_mcore_parallel']} for the torch_dist one; files "
              f"dealt out by size; their peak RSS is not shown). "
              f"{res['method']['statistic'].capitalize()} of {res['method']['repeats']} repeats; page cache "
-             f"{res['method']['page_cache']}; `--workers {res['method']['workers']}`. After every repeat, untimed, each "
+             f"{res['method']['page_cache']}; `--workers {res['method']['workers']}`; 1-minute load average "
+             f"{min(loads):.1f} to {max(loads):.1f} (other work on the machine makes single runs vary). After every repeat, untimed, each "
              f"tensor of the HF checkpoint that came back (HF -> torch_dist -> HF) was hashed (xxh3-128) and equal to "
              f"the input's, byte for byte ({res['verified_tensors'][0]} tensors). Produced by "
              f"`{res['method']['command']}`.", "",

@@ -78,7 +78,8 @@ def mcore_to_hf(mcore_dir: str | Path, out: str | Path, hf_config: str | Path, f
     src = _open_source(it, cfg, hf_config)
     recorded, why = recorded_dtypes(it)
     if recorded is None:
-        log(f"note: {why}: weights in {dtype or cfg.dtype or 'their stored dtype'}, the router's expert bias in fp32", quiet)
+        log(f"note: {why}: weights in {dtype or cfg.dtype or 'their stored dtype'}, "
+            "the router's expert bias in fp32", quiet)
     out_dtype = _out_dtype(src, cfg, dtype, recorded)
     tensors = layout_tensors(cfg, fmt, lambda n: _row_blocks(src, n, out_dtype(n), chunk_bytes),
                              lambda n: dtype_name(out_dtype(n)), str(it))
