@@ -31,6 +31,16 @@ FALLBACK_CHUNK = 8 * 1024 * 1024
 
 
 @dataclass(frozen=True)
+class CopyLimits:
+    """How write_shard copies file ranges: at most `chunk` bytes per `copy_file_range` call, and through a
+    `buffer`-byte pread/write loop where the kernel cannot copy (or always, with kernel=False). Tests set
+    them small to run the large-tensor paths on tiny files."""
+    chunk: int = COPY_CHUNK
+    buffer: int = FALLBACK_CHUNK
+    kernel: bool = True
+
+
+@dataclass(frozen=True)
 class TensorInfo:
     key: str
     file: Path
@@ -286,19 +296,19 @@ def _write_all(fd: int, data) -> None:
         view = view[os.write(fd, view):]
 
 
-def _copy_range(src_fd: int, offset: int, nbytes: int, dst_fd: int, src_name) -> None:
+def _copy_range(src_fd: int, offset: int, nbytes: int, dst_fd: int, src_name, limits: CopyLimits) -> None:
     """Append bytes [offset, offset + nbytes) of src to dst: in the kernel when it can, else in small chunks."""
     done = 0
-    kernel = True
+    kernel = limits.kernel
     while done < nbytes:
         got = 0
         if kernel:
             try:
-                got = os.copy_file_range(src_fd, dst_fd, min(nbytes - done, COPY_CHUNK), offset + done)
+                got = os.copy_file_range(src_fd, dst_fd, min(nbytes - done, limits.chunk), offset + done)
             except OSError:
                 kernel = False  # not supported between these files: copy through a bounded buffer
         if got <= 0:
-            data = os.pread(src_fd, min(nbytes - done, FALLBACK_CHUNK), offset + done)
+            data = os.pread(src_fd, min(nbytes - done, limits.buffer), offset + done)
             if not data:
                 raise Hy3Error(f"{src_name}: truncated at byte {offset + done} (needed {offset + nbytes})")
             _write_all(dst_fd, data)
@@ -317,7 +327,8 @@ def header_bytes(tensors: list[OutTensor], metadata: dict | None = None) -> byte
     return struct.pack("<Q", len(blob)) + blob
 
 
-def write_shard(path: Path, tensors: list[OutTensor], on_bytes=None, digest=None) -> None:
+def write_shard(path: Path, tensors: list[OutTensor], on_bytes=None, digest=None,
+                limits: CopyLimits = CopyLimits()) -> None:
     """Write a safetensors file under a temporary name, stream every source in, then rename.
 
     digest: a hash object to update with every byte written; only for in-memory sources (bytes made
@@ -343,7 +354,7 @@ def write_shard(path: Path, tensors: list[OutTensor], on_bytes=None, digest=None
                     file, off, n = src
                     if file not in fds:
                         fds[file] = _open_source(file)
-                    _copy_range(fds[file], off, n, dst, file)
+                    _copy_range(fds[file], off, n, dst, file, limits)
                 else:
                     data = src() if callable(src) else src  # a callable makes its bytes only when written
                     n = memoryview(data).nbytes

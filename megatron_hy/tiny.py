@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import math
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .config import Hy3Config
@@ -89,15 +89,18 @@ def _mtp_extras(cfg: Hy3Config, seed: int, dtype) -> dict:
     return out
 
 
-def build_state(cfg: Hy3Config, seed: int, dtype: str = "bf16") -> dict:
-    """All logical (inner-layout) tensors of a random tiny Hy3, saved through transformers."""
+def build_state(cfg: Hy3Config, seed: int, dtype: str = "bf16", bias_dtype: str = "fp32") -> dict:
+    """All logical (inner-layout) tensors of a random tiny Hy3, saved through transformers. The router's
+    expert bias is fp32, as transformers keeps it, unless bias_dtype says otherwise (a checkpoint may hold
+    it in bf16)."""
     import torch
     from safetensors.torch import load_file
     from transformers import HYV3Config, HYV3ForCausalLM
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
-    tdtype = {"bf16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16}[dtype]
+    names = {"bf16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16}
+    tdtype = names[dtype]
     hf = cfg.to_transformers()
     # The MTP layers are built as extra MoE decoder layers of the same model.
     hf["num_hidden_layers"] = cfg.num_layers + cfg.num_mtp_layers
@@ -106,9 +109,9 @@ def build_state(cfg: Hy3Config, seed: int, dtype: str = "bf16") -> dict:
     model = HYV3ForCausalLM(HYV3Config(**hf))
     _randomize(model, seed)
     model = model.to(tdtype)
-    for mod in model.modules():  # the router bias stays fp32, as transformers keeps it
+    for mod in model.modules():
         if hasattr(mod, "e_score_correction_bias"):
-            mod.e_score_correction_bias.data = mod.e_score_correction_bias.data.float()
+            mod.e_score_correction_bias.data = mod.e_score_correction_bias.data.float().to(names[bias_dtype])
     with tempfile.TemporaryDirectory() as tmp:
         model.save_pretrained(tmp)
         state = {}
@@ -165,13 +168,19 @@ def _split_points(cfg: Hy3Config, tensors: list[OutTensor], shards: int, layout:
 
 
 def write_tiny(outdir: str | Path, spec: TinySpec, fmt: str = "inner", seed: int = 0, dtype: str = "bf16",
-               config_style: str = "transformers", tokenizer: bool = True, overwrite: bool = False) -> Path:
+               config_style: str = "transformers", tokenizer: bool = True, overwrite: bool = False,
+               layer_types: tuple | None = None, bias_dtype: str = "fp32") -> Path:
+    """layer_types: "dense"/"sparse" per decoder layer, any pattern, instead of spec.dense_layers leading dense ones."""
     outdir = Path(outdir)
     if fmt not in ("inner", "outer"):
         raise Hy3Error(f"--format must be inner or outer, not {fmt!r}")
     check_dir(outdir, HF_CHECKPOINT, overwrite=overwrite)
     cfg = spec.config(dtype)
-    state = build_state(cfg, seed, dtype)
+    if layer_types is not None:
+        if len(layer_types) != spec.layers:
+            raise Hy3Error(f"layer_types has {len(layer_types)} entries for {spec.layers} layers")
+        cfg = replace(cfg, layer_types=tuple(layer_types))
+    state = build_state(cfg, seed, dtype, bias_dtype)
     tensors = _ordered(cfg, state, fmt)
     points = [0] + _split_points(cfg, tensors, spec.shards, fmt) + [len(tensors)]
     groups = [tensors[a:b] for a, b in zip(points, points[1:]) if b > a]

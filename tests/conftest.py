@@ -137,6 +137,21 @@ def tiny_tencent(tmp_path_factory) -> Path:
                       config_style="tencent")
 
 
+@pytest.fixture(scope="session")
+def bf16_bias_round_trip(tmp_path_factory) -> tuple[Path, Path, Path]:
+    """A 2-layer tiny Hy3 whose router expert bias is stored in bf16 (seed 5), through `hy3 convert
+    hf-to-mcore` and back with mcore_to_hf (what `hy3 convert mcore-to-hf` runs; its CLI is tested in
+    test_dist_ckpt.py): (hf, torch_dist, hf again). Treat as read-only."""
+    from megatron_hy.convert.mcore_to_hf import mcore_to_hf
+    from megatron_hy.tiny import TinySpec, write_tiny
+
+    root = tmp_path_factory.mktemp("bf16-bias")
+    hf = write_tiny(root / "hf", TinySpec(layers=2), "inner", seed=5, bias_dtype="bf16", tokenizer=False)
+    assert_ok(run_cli("convert", "hf-to-mcore", hf, root / "mcore", "--quiet", timeout=600))
+    mcore_to_hf(root / "mcore", root / "hf-again", hf, quiet=True)
+    return hf, root / "mcore", root / "hf-again"
+
+
 # --- a small valid recipe (launch and plan tests) ------------------------------------------------
 
 TEST_RECIPE = """\

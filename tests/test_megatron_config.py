@@ -54,6 +54,11 @@ def test_top1_routing_is_refused_with_the_reason():
         transformer_config_kwargs(tiny_config(top_k=1))
 
 
+def test_a_model_without_moe_layers_is_refused_with_the_reason():
+    with pytest.raises(Hy3Error, match="no MoE layer"):
+        transformer_config_kwargs(tiny_config(dense_layers=3))
+
+
 def test_megatron_lm_flags():
     flags = megatron_lm_flags(load_config(HY3))
     assert "--moe-layer-freq '([0]*1+[1]*79)'" in flags and "--mtp-num-layers 1" in flags

@@ -29,7 +29,7 @@ from ..staging import StagedDir, plan_id
 from ..transforms import to_mcore
 from . import dcp
 from .dcp import CHUNK_BYTES
-from .manifest import write_manifest
+from .manifest import dtype_record, write_manifest
 from .mcore_pieces import empty_extra_state, megatron_layout
 from .torch_dist import TRACKER, iter_dir_name, write_iteration_files
 
@@ -150,7 +150,9 @@ def _balance(chunks: list, files: int) -> list[list]:
 
 def hf_to_mcore(hf_dir: str | Path, out: str | Path, workers: int = 4, dtype: str | None = None,
                 padded_vocab: int | None = None, iteration: int = 1, overwrite: bool = False,
-                quiet: bool = False, max_file_size: str = "2GB", in_process: bool = False) -> dict:
+                quiet: bool = False, max_file_size: str = "2GB", in_process: bool = False,
+                chunk_bytes: int = CHUNK_BYTES) -> dict:
+    """chunk_bytes: the largest chunk a Megatron piece is split into by rows (tests set it small)."""
     hf = HFCheckpoint(hf_dir)
     cfg = hf.config
     padded, target = _check_args(cfg, padded_vocab, dtype, workers)
@@ -162,7 +164,7 @@ def hf_to_mcore(hf_dir: str | Path, out: str | Path, workers: int = 4, dtype: st
 
     check_covered(cfg, {p.key for p in layout["pieces"]}, padded)
     source = HFSource(hf, tensors, target)
-    chunks = plan_chunks(layout, tensors, source)
+    chunks = plan_chunks(layout, tensors, source, chunk_bytes)
     elem_bytes = {id(c): _chunk_bytes(c, source, tensors) for c in chunks}
     # Data files are the unit of resume: at least one per worker, and none much above max_file_size.
     by_size = -(-sum(elem_bytes.values()) // parse_size(max_file_size))
@@ -234,7 +236,8 @@ def _write_small_files(root: Path, it: Path, iteration: int, hf: HFCheckpoint, p
          "padded_vocab_size": padded, "converted_by": f"megatron-hy {__version__}"}, indent=2) + "\n")
     for f in files:
         (it / (f.name + ".items.json")).unlink(missing_ok=True)
-    write_manifest(root, "torch_dist", {"hf_dir": str(Path(hf_dir).resolve()), "layout": hf.layout},
+    write_manifest(root, "torch_dist", {"hf_dir": str(Path(hf_dir).resolve()), "layout": hf.layout,
+                                        "dtypes": dtype_record({n: hf.dtype(n) for n in hf.names()})},
                    {f"{iter_dir_name(iteration)}/{f.name}": (f.nbytes, f.xxh3) for f in files})
 
 

@@ -15,7 +15,7 @@ from ..errors import Hy3Error
 from ..hf_checkpoint import HFCheckpoint
 from ..hf_writer import kill_hook, layout_tensors, run_jobs
 from ..progress import Progress, human_bytes, log
-from ..safetensors_io import OutTensor, parse_size, plan_shards, shard_name, write_index, write_shard
+from ..safetensors_io import CopyLimits, OutTensor, parse_size, plan_shards, shard_name, write_index, write_shard
 from ..outputs import HF_CHECKPOINT
 from ..staging import StagedDir, copy_other_files, plan_id
 
@@ -26,7 +26,8 @@ def plan_layout(src: HFCheckpoint, to: str) -> list[OutTensor]:
 
 
 def convert_layout(src_dir: str | Path, out_dir: str | Path, to: str, workers: int = 8,
-                   max_shard_size: str = "5GB", overwrite: bool = False, quiet: bool = False) -> dict:
+                   max_shard_size: str = "5GB", overwrite: bool = False, quiet: bool = False,
+                   limits: CopyLimits = CopyLimits()) -> dict:
     if to not in ("inner", "outer"):
         raise Hy3Error(f"unknown layout {to!r}; expected inner or outer")
     if workers < 1:
@@ -50,7 +51,8 @@ def convert_layout(src_dir: str | Path, out_dir: str | Path, to: str, workers: i
         log(f"resuming {stage.partial}: {len(groups) - len(todo)} of {len(groups)} shards already written", quiet)
     prog = Progress(f"{src.layout}->{to}", sum(t.nbytes for _, g in todo for t in g), quiet)
     on_bytes = kill_hook(prog.add)
-    run_jobs(stage.partial, [lambda n=n, g=g: write_shard(stage.path(n), g, on_bytes) for n, g in todo], workers)
+    run_jobs(stage.partial, [lambda n=n, g=g: write_shard(stage.path(n), g, on_bytes, limits=limits)
+                             for n, g in todo], workers)
     seconds = prog.finish()
     weight_map = {t.key: n for n, g in zip(names, groups) for t in g}
     write_index(stage.partial, weight_map, total)

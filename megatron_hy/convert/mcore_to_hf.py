@@ -16,13 +16,13 @@ from ..errors import Hy3Error
 from ..hf_writer import kill_hook, layout_tensors, run_jobs
 from ..mapping import logical_tensors, mcore_tensors
 from ..progress import Progress, human_bytes, log
-from ..safetensors_io import dtype_name
+from ..safetensors_io import dtype_name, torch_dtype
 from ..outputs import HF_CHECKPOINT
 from ..staging import StagedDir, copy_other_files, plan_id
 from ..transforms import from_mcore
 from . import dcp
 from .dcp import CHUNK_BYTES
-from .manifest import MANIFEST, file_xxh3, write_manifest
+from .manifest import MANIFEST, file_xxh3, recorded_dtypes, write_manifest
 from .torch_dist import find_iteration_dir
 
 
@@ -67,7 +67,9 @@ class MCoreSource:
 
 def mcore_to_hf(mcore_dir: str | Path, out: str | Path, hf_config: str | Path, fmt: str = "inner",
                 iteration: int | None = None, workers: int = 4, max_shard_size: str = "5GB",
-                dtype: str | None = None, overwrite: bool = False, quiet: bool = False) -> dict:
+                dtype: str | None = None, overwrite: bool = False, quiet: bool = False,
+                chunk_bytes: int = CHUNK_BYTES) -> dict:
+    """chunk_bytes: the largest row block of an HF tensor assembled at once (tests set it small)."""
     import xxhash
 
     from ..safetensors_io import parse_size, plan_shards, shard_name, write_index, write_shard
@@ -77,15 +79,19 @@ def mcore_to_hf(mcore_dir: str | Path, out: str | Path, hf_config: str | Path, f
     cfg = load_config(hf_config)
     it = find_iteration_dir(mcore_dir, iteration)
     src = _open_source(it, cfg, hf_config)
-    out_dtype = _out_dtype(src, cfg, dtype)
+    recorded, why = recorded_dtypes(it)
+    if recorded is None:
+        log(f"note: {why}: weights in {dtype or cfg.dtype or 'their stored dtype'}, "
+            "the router's expert bias in fp32", quiet)
+    out_dtype = _out_dtype(src, cfg, dtype, recorded)
     stage = StagedDir(out, HF_CHECKPOINT, [mcore_dir, it, hf_config], overwrite)
-    tensors = layout_tensors(cfg, fmt, lambda n: _row_blocks(src, n, out_dtype(n)),
+    tensors = layout_tensors(cfg, fmt, lambda n: _row_blocks(src, n, out_dtype(n), chunk_bytes),
                              lambda n: dtype_name(out_dtype(n)), str(it))
     groups = plan_shards(tensors, parse_size(max_shard_size))
     names = [shard_name(i, len(groups)) for i in range(len(groups))]
     stamp = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(it.iterdir()) if p.is_file()]
     stage.open(plan_id({"v": 1, "it": str(it.resolve()), "stamp": stamp, "fmt": fmt, "dtype": dtype,
-                        "shard": max_shard_size, "config": cfg.summary()}))
+                        "shard": max_shard_size, "config": cfg.summary(), "dtypes": recorded}))
     todo = [(n, g) for n, g in zip(names, groups) if not stage.has(n)]
     if stage.resumed and len(todo) < len(groups):
         log(f"resuming {stage.partial}: {len(groups) - len(todo)} of {len(groups)} shards already written", quiet)
@@ -126,8 +132,10 @@ def _open_source(it: Path, cfg: Hy3Config, hf_config) -> MCoreSource:
     return src
 
 
-def _out_dtype(src: MCoreSource, cfg: Hy3Config, dtype: str | None):
-    """name -> the torch dtype it is written in: --dtype, else config.json's dtype, for floating-point weights."""
+def _out_dtype(src: MCoreSource, cfg: Hy3Config, dtype: str | None, recorded: dict | None):
+    """name -> the torch dtype it is written in. Floating-point weights: --dtype, else the dtype the HF
+    checkpoint hf-to-mcore read had (`recorded`, from our manifest), else config.json's. The router's expert
+    bias: the recorded dtype, else fp32, as HF Hy3 keeps it (transformers: _keep_in_fp32_modules_strict)."""
     import torch
 
     names = {"bf16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16,
@@ -137,16 +145,18 @@ def _out_dtype(src: MCoreSource, cfg: Hy3Config, dtype: str | None):
     target = names.get(dtype) or names.get(cfg.dtype or "")
 
     def out_dtype(name):
-        # HF Hy3 keeps the router's expert bias in fp32 (transformers: _keep_in_fp32_modules_strict)
-        if name.endswith("mlp.expert_bias"):
-            return torch.float32
+        bias = name.endswith("mlp.expert_bias")
         d = src.dtype(name)
+        if recorded is not None and d.is_floating_point and (bias or dtype is None):
+            return torch_dtype(recorded["tensors"].get(name, recorded["default"]))
+        if bias:
+            return torch.float32
         return target if (target is not None and d.is_floating_point) else d
     return out_dtype
 
 
-def _row_blocks(src: MCoreSource, name: str, dtype) -> list:
-    """The bytes of one HF tensor as makers of row blocks of at most CHUNK_BYTES, read when written."""
+def _row_blocks(src: MCoreSource, name: str, dtype, limit: int) -> list:
+    """The bytes of one HF tensor as makers of row blocks of at most `limit` bytes, read when written."""
     import torch
 
     shape = src.shape(name)
@@ -154,7 +164,7 @@ def _row_blocks(src: MCoreSource, name: str, dtype) -> list:
     for s in shape[1:]:
         row *= s
     item = torch.empty((), dtype=dtype).element_size()
-    step = max(1, CHUNK_BYTES // max(1, row * item))
+    step = max(1, limit // max(1, row * item))
 
     def make(a, b):
         return lambda: _tensor_bytes(src.rows(name, a, b).to(dtype))

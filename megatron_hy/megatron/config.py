@@ -16,6 +16,10 @@ from ..errors import Hy3Error
 
 
 def check_supported(cfg: Hy3Config) -> None:
+    if not cfg.moe_layers:
+        # block_specs takes the MTP block's (and the MoE layers') spec from megatron-core's MoE decoder layer.
+        raise Hy3Error("every decoder layer is dense (no MoE layer in the layer pattern): Hy3 is a mixture-of-experts "
+                       "model and the Megatron side needs at least one MoE layer")
     if cfg.top_k == 1:
         # megatron-core 0.16 topk_routing_with_score_function: `probs = scores / sum if topk > 1 else scores`,
         # so a lone expert keeps its raw sigmoid score, while Hy3 (transformers hy_v3) normalizes it to 1.
