@@ -25,8 +25,16 @@ def quiet_libraries() -> None:
     warnings.filterwarnings("ignore", category=DeprecationWarning)
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with hy3's one error line: usage, then `hy3: error: ...`, exit 2 (subcommands inherit it)."""
+
+    def error(self, message: str):
+        self.print_usage(sys.stderr)
+        self.exit(2, f"hy3: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="hy3",
         description="Hy3 on Megatron-Core: convert checkpoints, check them, verify parity, plan and launch "
                     "training, export LoRA, and prepare data. Run `hy3 COMMAND --help` for each command.")

@@ -131,7 +131,7 @@ def _positive_float(text: str) -> float:
     except ValueError:
         v = math.nan
     if not math.isfinite(v) or v <= 0:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, found {text!r}")
+        raise argparse.ArgumentTypeError(f"expected a positive number, found {text!r}")
     return v
 
 

@@ -18,7 +18,7 @@ def register(sub) -> None:
                                                        "other files are carried over.")
         q.add_argument("input", metavar="IN", help="input checkpoint directory")
         q.add_argument("output", metavar="OUT", help=OUT_DIR_HELP)
-        q.add_argument("--workers", type=POSITIVE_INT, default=8, help="shards written in parallel (default 8)")
+        q.add_argument("--workers", type=int, default=8, help="shards written in parallel (default 8)")
         q.add_argument("--max-shard-size", default="5GB", help="largest output shard, e.g. 5GB or 500MB (default 5GB)")
         q.add_argument("--overwrite", action="store_true", help=OVERWRITE_DIR_HELP)
         q.add_argument("--quiet", action="store_true", help="no progress output")
@@ -32,7 +32,7 @@ def register(sub) -> None:
                                  "in chunks of at most 64 MB. The checkpoint loads under any TP/PP/EP/ETP.")
     q.add_argument("input", metavar="HF_DIR", help="HF Hy3 checkpoint (inner or outer layout)")
     q.add_argument("output", metavar="OUT", help=OUT_DIR_HELP)
-    q.add_argument("--workers", type=POSITIVE_INT, default=4, help="data files written in parallel (default 4)")
+    q.add_argument("--workers", type=int, default=4, help="data files written in parallel (default 4)")
     q.add_argument("--dtype", choices=["bf16", "fp32", "fp16"], default=None,
                    help="weight dtype in the checkpoint (default: as in the HF files; the router expert bias stays fp32)")
     q.add_argument("--padded-vocab", type=POSITIVE_INT, default=None,
@@ -59,7 +59,7 @@ def register(sub) -> None:
     q.add_argument("--iteration", type=COUNT, default=None, help="iteration to read (default: the tracker file's)")
     q.add_argument("--dtype", choices=["bf16", "fp32", "fp16"], default=None,
                    help="weight dtype (default: config.json's dtype; the expert bias stays fp32 as in HF Hy3)")
-    q.add_argument("--workers", type=POSITIVE_INT, default=4, help="shards written in parallel (default 4)")
+    q.add_argument("--workers", type=int, default=4, help="shards written in parallel (default 4)")
     q.add_argument("--max-shard-size", default="5GB", help="largest output shard, e.g. 5GB or 500MB (default 5GB)")
     q.add_argument("--overwrite", action="store_true", help=OVERWRITE_DIR_HELP)
     q.add_argument("--quiet", action="store_true", help="no progress output")

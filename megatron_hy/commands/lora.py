@@ -26,7 +26,7 @@ def register(sub) -> None:
     q.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default=None,
                    help="weight dtype of the output (default: the base's; the router expert bias stays fp32)")
     q.add_argument("--rslora", choices=["auto", "on", "off"], default="auto", help=RSLORA_HELP)
-    q.add_argument("--workers", type=POSITIVE_INT, default=4, help="shards written in parallel (default 4)")
+    q.add_argument("--workers", type=int, default=4, help="shards written in parallel (default 4)")
     q.add_argument("--max-shard-size", default="5GB", help="largest output shard, e.g. 5GB (default 5GB)")
     q.add_argument("--overwrite", action="store_true", help=OVERWRITE_DIR_HELP)
     q.add_argument("--quiet", action="store_true", help="no progress output")
