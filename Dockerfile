@@ -5,13 +5,15 @@
 #   docker run --gpus all --ipc=host --network=host -v /data:/data megatron-hy \
 #       hy3 launch recipes/lora-141g-1n-16k-mtp.yaml --model /data/Hy3 --dataset /data/sft.jsonl --output-dir /data/out
 #
-# Every version is pinned. The packages pyproject.toml declares are pinned to the versions of the CPU lock the
-# project is tested with (requirements/cpu-py311.lock; tests/test_dockerfile.py checks each pin against it and
-# against pyproject's range, and torch against the Makefile's TORCH_PIN). The GPU-only packages are pinned to what megatron-core 0.16.1 asks for.
-# Not built in CI (no GPU builder): transformer-engine, flash-attn and apex compile CUDA code, ~1-2 h on 16 cores.
+# The stack users train with: Python 3.12, megatron-core 0.19.2. Every version is pinned. The packages
+# pyproject.toml declares are pinned to the versions of the Python 3.12 / megatron-core 0.19.2 lock the project is
+# tested with (requirements/py312-mcore019.lock; tests/test_dockerfile.py checks each pin against it and against
+# pyproject's range, and torch against the Makefile's TORCH_PIN). The GPU-only packages are pinned to releases that
+# megatron-core 0.19.2 accepts. Not built in CI (no GPU builder): transformer-engine, flash-attn and apex compile
+# CUDA code, ~1-2 h on 16 cores.
 
-# CUDA 13.0 + cuDNN devel: megatron-core 0.16.1 is tested with Transformer Engine's CUDA 13 build, and the
-# compiled extensions below need nvcc and the cuDNN headers. Ubuntu 24.04 brings Python 3.12.
+# CUDA 13.0 + cuDNN devel: Transformer Engine's CUDA 13 build, and the compiled extensions below need nvcc and the
+# cuDNN headers. Ubuntu 24.04 brings Python 3.12 (megatron-core 0.17 and later need it).
 ARG CUDA_IMAGE=nvidia/cuda:13.0.2-cudnn-devel-ubuntu24.04
 FROM ${CUDA_IMAGE}
 
@@ -34,8 +36,9 @@ RUN pip install pip==26.3 setuptools==84.2.1 wheel==0.48.0 packaging==26.4 ninja
 RUN pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cu130
 
 # Transformer Engine: Megatron's fused layers, grouped GEMM for the 192 experts, context-parallel attention.
-# megatron-core 0.16.1 declares transformer-engine[core_cu13,pytorch]>=2.9,<2.12; 2.11.0 is the newest in range.
-RUN pip install --no-build-isolation "transformer-engine[core_cu13,pytorch]==2.11.0"
+# megatron-core 0.19.2 declares transformer-engine[core_cu13,pytorch] without bounds; the newest TE release its code
+# tests for is 2.14.0 (`is_te_min_version("2.14.0")`), so 2.14.1, that line's fix release.
+RUN pip install --no-build-isolation "transformer-engine[core_cu13,pytorch]==2.14.1"
 
 # flash-attn: ms-swift's default attention backend (`attention_backend: flash`) and padding-free packing.
 RUN pip install --no-build-isolation flash-attn==2.8.3.post2
@@ -51,14 +54,14 @@ RUN git clone https://github.com/NVIDIA/apex /tmp/apex \
 # The Python stack, at the versions the project is tested with (ranges in pyproject.toml).
 # mcore-bridge is what ms-swift 4.6 uses to load and save HF weights inside `megatron sft` (HyV3Bridge).
 RUN pip install \
-        megatron-core==0.16.1 \
+        megatron-core==0.19.2 \
         ms-swift==4.6.0 \
         mcore-bridge==1.6.5 \
         transformers==5.19.0 \
         peft==0.20.0 \
         safetensors==0.8.0 \
         modelscope==1.40.2 \
-        numpy==2.4.6 \
+        numpy==2.5.5 \
         pyyaml==6.0.4 \
         xxhash==4.1.0 \
         tokenizers==0.23.3 \

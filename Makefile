@@ -1,24 +1,35 @@
-# One-command setup, demo and tests. Everything lives in .venv/ at the repo root.
+# One-command setup, demo and tests, in two environments at the repo root:
+#   .venv/           Python 3.11, megatron-core 0.16.1, CPU torch    (requirements/cpu-py311.lock)
+#   .venv-mcore019/  Python 3.12, megatron-core 0.19.2, torch from the package index (a CUDA build that runs on
+#                    a CPU)                                           (requirements/py312-mcore019.lock)
 #
-# `make setup` installs exactly the versions in requirements/cpu-py311.lock (Python 3.11, Linux x86-64, CPU torch,
-# every file hash-checked) with uv, itself installed from requirements/uv.lock. `make demo` and `make test` set up
-# first when needed, so on a fresh clone either one alone is the whole setup. `make lock` regenerates the lock from
-# pyproject.toml's ranges. GPU hosts use the Dockerfile instead.
+# `make setup` installs both locks exactly (every file hash-checked) with uv, itself installed from
+# requirements/uv.lock. `make test` runs the whole suite in .venv/ and the tests marked `megatron` (everything that
+# builds, loads or saves with megatron-core, ms-swift's Megatron code or mcore-bridge) again in .venv-mcore019/.
+# `make demo` and `make test` set up first when needed, so on a fresh clone either one alone is the whole setup.
+# `make lock` regenerates both locks from pyproject.toml's ranges. GPU hosts use the Dockerfile instead.
 PYTHON ?= python3
+# Python 3.12 for the megatron-core 0.19 environment: the newest pyenv 3.12, else python3.12 on PATH (a pyenv shim
+# on PATH may not run, so each candidate must answer).
+PYTHON312 ?= $(firstword $(foreach p,$(shell ls -d $$(pyenv root 2>/dev/null)/versions/3.12*/bin/python 2>/dev/null | sort -rV) \
+	$(shell command -v python3.12 2>/dev/null),$(shell $(p) -c 'import sys; print("$(p)" if sys.version_info[:2] == (3, 12) else "")' 2>/dev/null)))
 VENV := .venv
 BIN := $(VENV)/bin
 LOCK := requirements/cpu-py311.lock
+VENV019 := .venv-mcore019
+LOCK019 := requirements/py312-mcore019.lock
 # The CPU build of torch; its wheel lies on disk on the build machines (uv does not look there by itself).
 TORCH_PIN ?= torch==2.13.0+cpu
 WHEELS ?= /opt/wheels
 STAMP := $(VENV)/.installed
+STAMP019 := $(VENV019)/.installed
 UV := $(BIN)/uv
-# uv must not fetch a Python of its own; the lock is for the machine's CPython 3.11.
+# uv must not fetch a Python of its own; the locks are for the machine's CPython 3.11 and 3.12.
 export UV_PYTHON_DOWNLOADS := never
 
-.PHONY: setup demo test lock clean
+.PHONY: setup demo test test-311 test-mcore019 lock clean
 
-setup: $(STAMP)
+setup: $(STAMP) $(STAMP019)
 
 $(UV): requirements/uv.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,17 +42,38 @@ $(STAMP): $(UV) $(LOCK) pyproject.toml
 	$(UV) pip install -q --python $(BIN)/python --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
+$(STAMP019): $(UV) $(LOCK019) pyproject.toml
+	@test -n "$(PYTHON312)" || { echo "make: Python 3.12 not found (python3.12 on PATH or pyenv); set PYTHON312=..." >&2; exit 1; }
+	test -x $(VENV019)/bin/python || $(UV) venv -q --python $(PYTHON312) $(VENV019)
+	$(UV) pip sync -q --python $(VENV019)/bin/python $(LOCK019)
+	$(UV) pip install -q --python $(VENV019)/bin/python --no-deps --no-build-isolation -e .
+	touch $(STAMP019)
+
 demo: $(STAMP)
 	$(BIN)/hy3 demo
 
-test: $(STAMP)
+test: test-311 test-mcore019
+
+test-311: $(STAMP)
 	$(BIN)/python -m pytest -q tests
+
+test-mcore019: $(STAMP019)
+	$(VENV019)/bin/python -m pytest -q -m megatron tests
 
 lock: $(UV)
 	echo "$(TORCH_PIN)" > requirements/torch-cpu.txt
 	$(UV) pip compile -q pyproject.toml --extra dev --python-version 3.11 --python-platform x86_64-manylinux_2_28 \
 		--generate-hashes --find-links $(WHEELS) -c requirements/torch-cpu.txt -o $(LOCK) \
 		--custom-compile-command "make lock"
+	$(UV) pip compile -q pyproject.toml --extra dev --python-version 3.12 --python-platform x86_64-manylinux_2_28 \
+		--generate-hashes -c requirements/py312-pins.txt -o $(LOCK019) --custom-compile-command "make lock"
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) $(VENV019) build *.egg-info
+
+# Every GPU check on one H100/H200 in under 8 minutes (benchmarks/gpu_check.py; docs/benchmarks.md "GPU checks").
+# It runs with the environment's own Python, whose CUDA torch and megatron-core are already installed
+# (`make gpu-check PYTHON=python`); it makes no venv and installs nothing. GPU_CHECK_ARGS passes options.
+.PHONY: gpu-check
+gpu-check:
+	$(PYTHON) benchmarks/gpu_check.py $(GPU_CHECK_ARGS)

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Megatron torch_dist checkpoint -> HF Hy3 safetensors, on CPU: `hy3 convert mcore-to-hf`.
 
-    python converters/mcore_to_hf.py /ckpt/run/v0-xxx /models/Hy3-sft --hf-config /models/Hy3 [--format outer]
+    python converters/mcore_to_hf.py /ckpt/run /models/Hy3-sft --model /models/Hy3 [--format outer]
 
 Reads ours or one megatron-core saved during training (any layout, optimizer state ignored); writes the
 inner (published) or outer layout. `--help` lists every flag.

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Merge a LoRA adapter into Hy3's HF weights, on CPU: `hy3 lora merge`.
 
-    python converters/merge_lora.py --base /models/Hy3 --adapter /ckpt/run/v0-xxx/checkpoint-500 /models/Hy3-lora
+    python converters/merge_lora.py --model /models/Hy3 --adapter /ckpt/run /models/Hy3-lora
 
 Adapters from ms-swift's Megatron LoRA (torch_dist or safetensors) or PEFT; the output is in the base's
 layout and passes `hy3 check`. `--help` lists every flag.

@@ -73,7 +73,7 @@ ENCODE=()
 if [[ "$DATASET" == *.jsonl || "$DATASET" == *.json ]]; then
     NAME=$(basename "$DATASET"); NAME=${NAME%.*}
     CACHED="$OUTPUT_DIR/hy3-data/$NAME"
-    ENCODE=("$HY3" data encode --tokenizer "$MODEL" "$DATASET" "$OUTPUT_DIR/hy3-data/$NAME.jsonl"
+    ENCODE=("$HY3" data encode --model "$MODEL" "$DATASET" "$OUTPUT_DIR/hy3-data/$NAME.jsonl"
             --swift-dataset "$CACHED" --max-length "$MAX_LENGTH")
     DATA_ARGS=(--cached_dataset "$CACHED" --template "$TEMPLATE")
 elif [[ -d "$DATASET" ]]; then

@@ -9,7 +9,8 @@ import sys
 import warnings
 
 from . import __version__
-from .errors import Hy3Error
+from .errors import Hy3Error, Interrupted
+from .megatron.harness import quiet_logs
 
 COMMANDS = ["make_tiny", "convert", "check", "config", "verify", "lora", "plan", "launch", "data", "demo"]
 
@@ -23,6 +24,10 @@ def quiet_libraries() -> None:
     warnings.filterwarnings("ignore", message=".*Apex.*")
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
+    # megatron-core 0.19: an invalid escape in a docstring it imports, and TransformerConfig's default CUDA-graph scope
+    warnings.filterwarnings("ignore", category=SyntaxWarning)
+    warnings.filterwarnings("ignore", message="full scope is deprecated")
+    quiet_logs()
 
 
 class Parser(argparse.ArgumentParser):
@@ -62,6 +67,9 @@ def main(argv: list[str] | None = None, command: tuple[str, ...] = (), prog: str
     args = parser.parse_args(argv)
     try:
         rc = args.func(args)
+    except Interrupted as e:  # SIGINT is exit 130 in every command, with what was kept
+        print(f"hy3: interrupted: {e}", file=sys.stderr)
+        return 130
     except Hy3Error as e:
         print(f"hy3: error: {e}", file=sys.stderr)
         return 1

@@ -137,7 +137,9 @@ STEPS: list[tuple[str, Callable[[dict], str]]] = [
 ]
 
 
-def run_demo(workdir: str | None = None, keep: bool = False, out=print) -> int:
+def run_demo(workdir: str | None = None, keep: bool = False, out=print, rows: list | None = None) -> int:
+    """Every step in turn; `out` gets the report line by line, `rows` (when given) each step's
+    (name, seconds, status, what)."""
     work = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="hy3-demo-"))
     if workdir:
         check_dir(work, DEMO, overwrite=None)
@@ -147,7 +149,7 @@ def run_demo(workdir: str | None = None, keep: bool = False, out=print) -> int:
     out(f"hy3 demo: the whole pipeline on a tiny generated Hy3 (work directory {work})")
     t_all = time.monotonic()
     failed = None
-    rows = []
+    rows = [] if rows is None else rows
     for name, fn in STEPS:
         t = time.monotonic()
         try:

@@ -135,6 +135,24 @@ def _positive_float(text: str) -> float:
     return v
 
 
+_RANGE_TEXT = re.compile(r"(\d+)(?:-(\d+))?")
+
+
+def index_list(text: str) -> list[int]:
+    """`0,2,5-7` -> [0, 2, 5, 6, 7]: comma-separated indices (0-based) and inclusive ranges."""
+    out = []
+    for part in text.split(","):
+        m = _RANGE_TEXT.fullmatch(part.strip())
+        if not m:
+            raise argparse.ArgumentTypeError(
+                f"expected comma-separated layer indices or ranges such as 0,2,5-7, found {text!r}")
+        lo, hi = int(m[1]), int(m[2] if m[2] is not None else m[1])
+        if hi < lo:
+            raise argparse.ArgumentTypeError(f"range {part.strip()} is empty: expected LOW-HIGH with LOW <= HIGH")
+        out += range(lo, hi + 1)
+    return out
+
+
 POSITIVE_INT = flag_int(lo=1)
 COUNT = flag_int(lo=0)
 PORT = flag_int(1, 65535)

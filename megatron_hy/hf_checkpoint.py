@@ -131,14 +131,17 @@ NONFINITE_BITS = {"F64": ("<u8", 0x7FF0000000000000), "F32": ("<u4", 0x7F800000)
                   "BF16": ("<u2", 0x7F80), "F8_E5M2": ("u1", 0x7C), "F8_E4M3": ("u1", 0x7F)}
 
 
-def count_nonfinite(info: TensorInfo) -> int:
-    """Count NaN/Inf by their bit patterns, reading the tensor in bounded chunks."""
+def count_nonfinite(info: TensorInfo, on_bytes=None) -> int:
+    """Count NaN/Inf by their bit patterns, reading the tensor in bounded chunks (on_bytes(n) after each)."""
     import numpy as np
 
     view, mask = NONFINITE_BITS[info.dtype]
     per = max(CHUNK_BYTES // info.itemsize, 1) * info.itemsize
     bad = 0
     for off in range(info.start, info.end, per):
-        x = np.frombuffer(read_bytes(info.file, off, min(per, info.end - off)), dtype=view)
+        n = min(per, info.end - off)
+        x = np.frombuffer(read_bytes(info.file, off, n), dtype=view)
         bad += int(np.count_nonzero((x & x.dtype.type(mask)) == mask))
+        if on_bytes:
+            on_bytes(n)
     return bad

@@ -16,15 +16,23 @@ Where the node list comes from:
 
 from __future__ import annotations
 
+import ipaddress
+import json
 import re
 import shlex
+import shutil
 import socket
 import subprocess
 from dataclasses import dataclass, replace
+from pathlib import Path
 
+from .config import Hy3Config, load_config
 from .errors import Hy3Error
 from .fields import env_int, integer
+from .mapping import detect_layout
+from .outputs import check_not_an_input, written_kind
 from .plan.recipe import Recipe, to_cli
+from .safetensors_io import INDEX_NAME, read_header
 
 # NCCL and CUDA settings every node gets: the one place they are set. Cluster-specific network knobs
 # (NCCL_SOCKET_IFNAME, NCCL_IB_HCA, NCCL_IB_GID_INDEX, ...) belong in the recipe's `env:` section or
@@ -142,9 +150,7 @@ def resolve_cluster(mode: str, nodes: int, environ: dict, ip_list: str | None = 
         return Cluster(["localhost"], "localhost", port, 0)
     if mode == "ip-list":
         text = ip_list or environ.get("IP_LIST") or ""
-        hosts = [h.strip() for h in text.split(",") if h.strip()]
-        if not hosts:
-            raise Hy3Error("IP_LIST is empty; expected ip1,ip2,... with the master first")
+        hosts = parse_ip_list(text, "--ip-list" if ip_list else "IP_LIST")
         if len(set(hosts)) != len(hosts):
             raise Hy3Error(f"IP_LIST lists an address twice: {text}")
         _check_count(len(hosts), nodes, "IP_LIST")
@@ -171,6 +177,33 @@ def resolve_cluster(mode: str, nodes: int, environ: dict, ip_list: str | None = 
         rank = _node_rank(environ, "SLURM_NODEID", len(hosts), "SLURM_JOB_NODELIST")
         return Cluster(hosts, hosts[0], port, rank)
     raise Hy3Error(f"unknown launcher {mode!r}; expected one of {', '.join(MODES)}")
+
+
+HOSTNAME = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
+
+
+def parse_ip_list(text: str, name: str = "IP_LIST") -> list[str]:
+    """ip1,ip2,... (master first): every entry an IPv4/IPv6 address or a host name, none empty."""
+    if not text.strip():
+        raise Hy3Error(f"{name} is empty; expected ip1,ip2,... with the master first")
+    hosts = [h.strip() for h in text.split(",")]
+    for i, h in enumerate(hosts, 1):
+        if not h:
+            raise Hy3Error(f"{name}={text}: entry {i} is empty; expected ip1,ip2,... with no empty entries")
+        if not valid_host(h):
+            raise Hy3Error(f"{name}={text}: entry {i}, {h!r}, is not an IP address or host name")
+    return hosts
+
+
+def valid_host(h: str) -> bool:
+    try:
+        ipaddress.ip_address(h)
+        return True
+    except ValueError:
+        pass
+    if re.fullmatch(r"[\d.]+", h):   # all digits and dots: meant as an IPv4 address, and not a valid one
+        return False
+    return bool(HOSTNAME.match(h))
 
 
 def _node_rank(environ: dict, name: str, n: int, source: str) -> int | None:
@@ -227,3 +260,124 @@ def format_dry_run(cmds: list[NodeCommand]) -> str:
         title = f"# node {c.rank} of {n}" + (f": {c.host}" if n > 1 and c.host else "")
         blocks.append(title + "\n" + c.shell())
     return "\n\n".join(blocks)
+
+
+# --- pre-flight: the same checks for `--dry-run` and a real run -------------------------------------
+
+TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json")
+
+
+def check_model_dir(model: str, need_weights: bool, flag: str = "--model") -> Hy3Config:
+    """The HF directory ms-swift is given: a directory with config.json, a tokenizer and (unless the weights
+    come from --mcore-model) safetensors weights in the published inner layout. Its config."""
+    root = Path(model)
+    if not root.is_dir():
+        raise Hy3Error(f"{flag} {model}: no such directory (expected the Hy3 checkpoint directory: config.json, "
+                       "tokenizer and weights in the published inner layout)")
+    cfg = load_config(root)
+    if not any((root / f).is_file() for f in TOKENIZER_FILES):
+        raise Hy3Error(f"{flag} {model}: no tokenizer ({' or '.join(TOKENIZER_FILES)}); ms-swift reads the "
+                       "tokenizer and chat template from the model directory")
+    keys = _weight_keys(root)
+    if not keys:
+        if need_weights:
+            raise Hy3Error(f"{flag} {model}: no weights ({INDEX_NAME} or *.safetensors); give the checkpoint "
+                           "directory, or the weights as --mcore-model DIR (from `hy3 convert hf-to-mcore`)")
+        return cfg
+    layout = detect_layout(keys)
+    if layout == "outer":
+        raise Hy3Error(f"{flag} {model}: the weights are in the outer layout (fused 3D experts); ms-swift reads the "
+                       f"published inner layout: `hy3 convert outer-to-inner {model} {model}-inner` and pass that")
+    if layout == "mixed":
+        raise Hy3Error(f"{flag} {model}: holds both inner and outer expert tensors; run `hy3 check {model}`")
+    return cfg
+
+
+def _weight_keys(root: Path) -> list[str]:
+    """Tensor names from the index (or the shard headers without one); reads no tensor data."""
+    index = root / INDEX_NAME
+    if index.is_file():
+        try:
+            return list(json.loads(index.read_text()).get("weight_map") or {})
+        except (OSError, ValueError, AttributeError):
+            raise Hy3Error(f"{index}: not a valid safetensors index; run `hy3 check {root}`") from None
+    return [k for f in sorted(root.glob("*.safetensors")) for k in read_header(f)[0]]
+
+
+def check_dataset(d: str) -> None:
+    """A local dataset exists and is not empty: a file of rows with at least one non-blank character, or a
+    directory from `hy3 data encode --swift-dataset`. Anything that is not a local path is a dataset id."""
+    p = Path(d)
+    rows = p.suffix in (".jsonl", ".json")
+    if not p.exists():
+        if rows or d.startswith(("/", "./", "../", "~")):
+            raise Hy3Error(f"--dataset {d}: no such file or directory")
+        return   # a ModelScope / Hugging Face dataset id, for ms-swift's loader
+    if p.is_dir():
+        if not any(p.iterdir()):
+            raise Hy3Error(f"--dataset {d}: an empty directory (expected a dataset from `hy3 data encode "
+                           f"--swift-dataset`)")
+        return
+    if not _has_text(p):
+        raise Hy3Error(f"--dataset {d}: empty (no rows; the file is empty or holds only blank lines)")
+
+
+def _has_text(path: Path) -> bool:
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 16):
+            if chunk.strip():
+                return True
+    return False
+
+
+def check_output_dir(out: str, inputs: list[str]) -> None:
+    """The run directory ms-swift writes into, by the output rules: never an input, never a link or a file,
+    never a directory hy3 wrote as something else (a rerun into the same run directory resumes)."""
+    check_not_an_input(out, [p for p in inputs if p and Path(p).exists()])
+    p = Path(out)
+    if p.is_symlink():
+        raise Hy3Error(f"--output-dir {out}: refused: a symbolic link; give the path it points to")
+    if p.exists() and not p.is_dir():
+        raise Hy3Error(f"--output-dir {out}: refused: exists and is not a directory")
+    kind = written_kind(p) if p.is_dir() else None
+    if kind is not None:
+        raise Hy3Error(f"--output-dir {out}: refused: it holds a {kind} that hy3 wrote; ms-swift would write its "
+                       "runs into it: choose another directory")
+
+
+def visible_gpus(environ: dict) -> tuple[int, str]:
+    """How many GPUs this node's processes will see, and how that was found: `nvidia-smi -L`, narrowed by
+    CUDA_VISIBLE_DEVICES as CUDA narrows it (indices or UUIDs, up to the first one that names no GPU)."""
+    exe = shutil.which("nvidia-smi")
+    if not exe:
+        return 0, "nvidia-smi is not on PATH"
+    try:
+        proc = subprocess.run([exe, "-L"], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError) as e:
+        return 0, f"nvidia-smi -L failed ({e})"
+    if proc.returncode:
+        return 0, f"nvidia-smi -L failed: {(proc.stderr or proc.stdout).strip().splitlines()[:1]}"
+    gpus = [ln for ln in proc.stdout.splitlines() if ln.startswith("GPU ")]
+    cvd = environ.get("CUDA_VISIBLE_DEVICES")
+    if cvd is None:
+        return len(gpus), f"nvidia-smi -L lists {len(gpus)}"
+    uuids = [m.group(1) for ln in gpus if (m := re.search(r"UUID: (GPU-[0-9a-fA-F-]+)", ln))]
+    n = 0
+    for item in (x.strip() for x in cvd.split(",")):
+        ok = (item.isdigit() and int(item) < len(gpus)) or (item.startswith("GPU-") and
+                                                            any(u.startswith(item) for u in uuids))
+        if not ok:
+            break
+        n += 1
+    return n, f"CUDA_VISIBLE_DEVICES={cvd} of the {len(gpus)} nvidia-smi -L lists"
+
+
+def check_gpus(gpus_per_node: int, environ: dict) -> None:
+    """A real run: the GPUs this node sees are the recipe's gpus_per_node (one process each)."""
+    n, how = visible_gpus(environ)
+    if n == gpus_per_node:
+        return
+    fix = (f"fix CUDA_VISIBLE_DEVICES or re-plan with --gpus-per-node {n}" if n else
+           "launch on a GPU node (--dry-run prints the commands anywhere)")
+    raise Hy3Error(f"this node sees {n} GPU(s) ({how}), but the recipe starts {gpus_per_node} processes per node "
+                   f"(cluster.gpus_per_node); {fix}")

@@ -64,7 +64,7 @@ class DataPlan:
         return out
 
     def describe(self, model: str) -> list[str]:
-        return [f"hy3 data encode --tokenizer {model} {e.source} {e.jsonl} --swift-dataset {e.out}"
+        return [f"hy3 data encode --model {model} {e.source} {e.jsonl} --swift-dataset {e.out}"
                 + (f" --max-length {e.stamp['max_length']}" if e.stamp.get("max_length") else "")
                 + (f" --loss-mode {e.stamp['loss_mode']}" if e.stamp["loss_mode"] != "all" else "")
                 for e in self.encodings]
@@ -86,7 +86,7 @@ def plan_data(datasets: list[str], output_dir: str | None, recipe_args: dict) ->
     if not output_dir:
         plan.problem = (f"--dataset {rows[0]}: Hy3 rows are encoded into the run's directory first (ms-swift's "
                         f"loader would drop reasoning_effort and reasoning_content): pass --output-dir, or encode "
-                        f"them yourself with `hy3 data encode --tokenizer MODEL {rows[0]} enc.jsonl --swift-dataset "
+                        f"them yourself with `hy3 data encode --model MODEL {rows[0]} enc.jsonl --swift-dataset "
                         f"enc.arrow` and pass --dataset enc.arrow")
         plan.cached = plan.cached + [str(r) for r in rows]   # stands in for the command shown
         return plan
@@ -136,7 +136,7 @@ def encode_all(plan: DataPlan, model: str, quiet: bool = False) -> None:
         # a rerun replaces what an interrupted one left (the dataset only when hy3 wrote it: outputs.py)
         s = encode_file(e.source, e.jsonl, enc, max_length=e.stamp["max_length"], swift_dataset=e.out, quiet=quiet,
                         tokenizer=model, overwrite=True)
-        print(s.text(e.jsonl), file=sys.stderr, flush=True)
+        print(f"wrote {e.jsonl} and {e.out}: {s.text()}", file=sys.stderr, flush=True)
         e.manifest.write_text(json.dumps(e.stamp, indent=2) + "\n")
 
 

@@ -7,14 +7,16 @@ two 3D tensors per MoE layer that stack every expert. An outer location is there
 (key, expert index, row range), and fusing or splitting experts is a byte shuffle.
 
 Converters, the checker, the Megatron mapping, LoRA export and the tests all read this module.
+A model of some decoder layers only (`LayerSubset`, at the end) renames its tensors here too.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable, Iterator
+from dataclasses import dataclass, field, replace
+from typing import Callable, Iterator, Sequence
 
 from .config import Hy3Config
+from .errors import Hy3Error
 
 LAYOUTS = ("inner", "outer")
 LAYER = "model.layers.{i}."
@@ -284,3 +286,91 @@ def mcore_tensors(c: Hy3Config, padded_vocab: int | None = None) -> list[MCoreTe
                 hf = tuple(prefix + h.format(e=0) for h in row.hf)
                 add(row, mcore_prefix(c, i, row.scope) + row.mcore, i, hf)
     return out
+
+
+# --- a model of some decoder layers ----------------------------------------------------------
+#
+# `hy3 verify parity --layers` builds a Hy3 of only some decoder layers, plus the embedding, final norm,
+# output layer and MTP layers. That model has a config of its own (`LayerSubset.config`): its decoder
+# layer j is the checkpoint's decoder layer layers[j], its MTP layer k the checkpoint's MTP layer k. Its
+# tensors are named as that config names them (above), and read under the checkpoint's names (below),
+# for the Megatron model and the transformers reference alike.
+
+@dataclass(frozen=True)
+class LayerSubset:
+    full: Hy3Config
+    layers: tuple[int, ...]
+    config: Hy3Config = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self):
+        layers = tuple(self.layers)
+        check_layers(self.full, layers)
+        object.__setattr__(self, "layers", layers)
+        object.__setattr__(self, "config", replace(
+            self.full, num_layers=len(layers), layer_types=tuple(self.full.layer_types[i] for i in layers)))
+
+    @property
+    def is_whole(self) -> bool:
+        return self.layers == tuple(range(self.full.num_layers))
+
+    def hf_layer(self, j: int) -> int:
+        """The checkpoint's HF layer index of this model's HF layer j (decoder or MTP)."""
+        n = len(self.layers)
+        return self.layers[j] if j < n else self.full.num_layers + (j - n)
+
+    def hf_name(self, name: str) -> str:
+        """The checkpoint's logical name of this model's logical HF tensor `name`."""
+        return self._hf_names[name]
+
+    def mcore_key(self, key: str) -> str:
+        """The checkpoint's Megatron key of this model's Megatron key (tensor or object under a layer)."""
+        for mine, theirs in self._mcore_prefixes:
+            if key.startswith(mine):
+                return theirs + key[len(mine):]
+        return key
+
+    def reader(self, read: Callable[[str], object]) -> Callable[[str], object]:
+        """read(checkpoint name) -> a function reading this model's tensors by their names."""
+        return lambda name: read(self.hf_name(name))
+
+    @property
+    def _hf_names(self) -> dict[str, str]:
+        names = self.__dict__.get("_names")
+        if names is None:
+            names = {}
+            for t in logical_tensors(self.config):
+                if t.layer is None:
+                    names[t.name] = t.name
+                else:
+                    mine = LAYER.format(i=t.layer)
+                    names[t.name] = LAYER.format(i=self.hf_layer(t.layer)) + t.name[len(mine):]
+            object.__setattr__(self, "_names", names)
+        return names
+
+    @property
+    def _mcore_prefixes(self) -> list[tuple[str, str]]:
+        """(this model's prefix, the checkpoint's), longest first, for every decoder and MTP layer."""
+        pairs = {}
+        for j in self.config.all_hf_layers():
+            for scope in ("layer", "mtp") if j >= self.config.num_layers else ("layer",):
+                pairs[mcore_prefix(self.config, j, scope)] = mcore_prefix(self.full, self.hf_layer(j), scope)
+        return sorted(pairs.items(), key=lambda p: -len(p[0]))
+
+
+def check_layers(c: Hy3Config, layers: Sequence[int]) -> None:
+    """Decoder layer indices that make a model: some, in the checkpoint's order, each once, each there."""
+    shown = ",".join(map(str, layers))
+    if not layers:
+        raise Hy3Error("--layers: expected at least one decoder layer index")
+    bad = [i for i in layers if not 0 <= i < c.num_layers]
+    if bad:
+        raise Hy3Error(f"--layers {shown}: layer {bad[0]} does not exist; the checkpoint has {c.num_layers} decoder "
+                       f"layers, 0 to {c.num_layers - 1}" + (" (its MTP layers come with every subset)"
+                                                             if c.num_mtp_layers and bad[0] >= c.num_layers else ""))
+    seen = set()
+    for i in layers:
+        if i in seen:
+            raise Hy3Error(f"--layers {shown}: layer {i} is listed twice")
+        seen.add(i)
+    if list(layers) != sorted(layers):
+        raise Hy3Error(f"--layers {shown}: expected increasing layer indices, as the checkpoint orders its layers")

@@ -109,10 +109,28 @@ def check_file(out: str | Path, inputs=(), overwrite: bool | None = False) -> Pa
     return out
 
 
-def temp_file(out: Path) -> Path:
-    """A new, empty file beside `out` to write it under; created exclusively, so it is never a user's file."""
-    fd, name = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".partial")
-    os.close(fd)
+def umask() -> int:
+    """The process's umask (read without changing it where Linux says it)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def temp_file(out: Path, suffix: str = ".partial") -> Path:
+    """A new, empty file beside `out` to write it under; created exclusively, so it is never a user's file.
+    Its mode follows the umask as any new file's does (mkstemp alone would make it 0600)."""
+    fd, name = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=suffix)
+    try:
+        os.fchmod(fd, 0o666 & ~umask())
+    finally:
+        os.close(fd)
     return Path(name)
 
 

@@ -1,4 +1,5 @@
-"""Progress lines for long work: bytes done, rate, ETA. Thread-safe; quiet when asked."""
+"""Progress lines for long work, on stderr: done of the total (bytes, or a count such as rows), rate, ETA.
+Thread-safe; quiet when asked."""
 
 from __future__ import annotations
 
@@ -15,9 +16,16 @@ def human_bytes(n: float) -> str:
     return f"{n:.1f} TB"
 
 
+def human_count(n: float, unit: str) -> str:
+    return f"{int(n):,} {unit}"
+
+
 class Progress:
-    def __init__(self, label: str, total: int, quiet: bool = False, stream=None, every: float = 1.0):
-        self.label, self.total, self.quiet = label, max(total, 1), quiet
+    """`unit` None: bytes; else the name of what is counted ("rows")."""
+
+    def __init__(self, label: str, total: int, quiet: bool = False, stream=None, every: float = 1.0,
+                 unit: str | None = None):
+        self.label, self.total, self.quiet, self.unit = label, max(total, 1), quiet, unit
         self.stream = stream or sys.stderr
         self.every = every
         self.done = 0
@@ -34,13 +42,22 @@ class Progress:
                 self._last = now
                 self._print(end="\r" if self._tty else "\n")
 
+    def update_to(self, done: int) -> None:
+        """Set how much is done (a position in a file, say) rather than add to it."""
+        with self._lock:
+            delta = done - self.done
+        if delta > 0:
+            self.add(delta)
+
     def _print(self, end: str) -> None:
         el = max(time.monotonic() - self.start, 1e-9)
         rate = self.done / el
         eta = (self.total - self.done) / rate if rate > 0 else 0
         pct = 100 * self.done / self.total
-        self.stream.write(f"[{self.label}] {human_bytes(self.done)} / {human_bytes(self.total)} ({pct:.0f}%), "
-                          f"{human_bytes(rate)}/s, ETA {eta:.0f}s{' ' * 8}{end}")
+        fmt = human_bytes if self.unit is None else (lambda n: human_count(n, self.unit))
+        per = f"{human_bytes(rate)}/s" if self.unit is None else f"{rate:,.0f} {self.unit}/s"
+        self.stream.write(f"[{self.label}] {fmt(self.done)} / {fmt(self.total)} ({pct:.0f}%), "
+                          f"{per}, ETA {eta:.0f}s{' ' * 8}{end}")
         self.stream.flush()
 
     def finish(self) -> float:

@@ -46,11 +46,15 @@ def convert_ckpt_to_outer(argv: list[str] | None = None) -> int:
 
 def check_converted_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="check_converted.py",
-                                description="Validate a converted Hy3 checkpoint. Same as `hy3 check DIR`.")
-    add_check_args(p)
+                                description="Validate a converted Hy3 checkpoint. Same as `hy3 check DIR "
+                                            "--spot-check 3` (Tencent's tool reads 3 shards for NaN/Inf; "
+                                            "`hy3 check` reads them all).")
+    add_check_args(p, spot_check=3)
     return p
 
 
 def check_converted(argv: list[str] | None = None) -> int:
     a = check_converted_parser().parse_args(argv)
-    return hy3(["check", a.dir, "--spot-check", str(a.spot_check)] + (["--json"] if a.json else []))
+    where = ["--model", a.model] if a.model else [a.dir] if a.dir else []
+    return hy3(["check", *where, "--spot-check", str(a.spot_check)] + (["--json"] if a.json else [])
+               + (["--quiet"] if a.quiet else []))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import tempfile
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from .config import Hy3Config
 from .errors import Hy3Error
 from .mapping import LAYER, fused_parts, logical_tensors
 from .outputs import HF_CHECKPOINT, check_dir
+from .progress import Progress, log
 from .safetensors_io import OutTensor, dtype_name, shard_name, write_index, write_shard
 from .staging import new_dir
 
@@ -89,10 +91,12 @@ def _mtp_extras(cfg: Hy3Config, seed: int, dtype) -> dict:
     return out
 
 
-def build_state(cfg: Hy3Config, seed: int, dtype: str = "bf16", bias_dtype: str = "fp32") -> dict:
+def build_state(cfg: Hy3Config, seed: int, dtype: str = "bf16", bias_dtype: str = "fp32", step=None) -> dict:
     """All logical (inner-layout) tensors of a random tiny Hy3, saved through transformers. The router's
     expert bias is fp32, as transformers keeps it, unless bias_dtype says otherwise (a checkpoint may hold
-    it in bf16)."""
+    it in bf16). step(text): told as each stage starts."""
+    step = step or (lambda text: None)
+    step("importing transformers")
     import torch
     from safetensors.torch import load_file
     from transformers import HYV3Config, HYV3ForCausalLM
@@ -105,8 +109,10 @@ def build_state(cfg: Hy3Config, seed: int, dtype: str = "bf16", bias_dtype: str 
     # The MTP layers are built as extra MoE decoder layers of the same model.
     hf["num_hidden_layers"] = cfg.num_layers + cfg.num_mtp_layers
     hf["mlp_layer_types"] = list(cfg.layer_types) + ["sparse"] * cfg.num_mtp_layers
+    step("building the model with transformers' HYV3ForCausalLM")
     torch.manual_seed(seed)
     model = HYV3ForCausalLM(HYV3Config(**hf))
+    step(f"random weights (seed {seed}), saved through transformers")
     _randomize(model, seed)
     model = model.to(tdtype)
     for mod in model.modules():
@@ -169,8 +175,9 @@ def _split_points(cfg: Hy3Config, tensors: list[OutTensor], shards: int, layout:
 
 def write_tiny(outdir: str | Path, spec: TinySpec, fmt: str = "inner", seed: int = 0, dtype: str = "bf16",
                config_style: str = "transformers", tokenizer: bool = True, overwrite: bool = False,
-               layer_types: tuple | None = None, bias_dtype: str = "fp32") -> Path:
-    """layer_types: "dense"/"sparse" per decoder layer, any pattern, instead of spec.dense_layers leading dense ones."""
+               layer_types: tuple | None = None, bias_dtype: str = "fp32", quiet: bool = True) -> Path:
+    """layer_types: "dense"/"sparse" per decoder layer, any pattern, instead of spec.dense_layers leading dense ones.
+    Progress (building the model, then the shards) goes to stderr unless quiet."""
     outdir = Path(outdir)
     if fmt not in ("inner", "outer"):
         raise Hy3Error(f"--format must be inner or outer, not {fmt!r}")
@@ -180,17 +187,25 @@ def write_tiny(outdir: str | Path, spec: TinySpec, fmt: str = "inner", seed: int
         if len(layer_types) != spec.layers:
             raise Hy3Error(f"layer_types has {len(layer_types)} entries for {spec.layers} layers")
         cfg = replace(cfg, layer_types=tuple(layer_types))
-    state = build_state(cfg, seed, dtype, bias_dtype)
+    t0, n = time.monotonic(), iter(range(1, 5))
+
+    def step(text: str) -> None:
+        log(f"[make-tiny] step {next(n)} of 4 ({time.monotonic() - t0:.0f}s): {text}", quiet)
+
+    state = build_state(cfg, seed, dtype, bias_dtype, step)
     tensors = _ordered(cfg, state, fmt)
     points = [0] + _split_points(cfg, tensors, spec.shards, fmt) + [len(tensors)]
     groups = [tensors[a:b] for a, b in zip(points, points[1:]) if b > a]
+    step(f"writing {len(tensors)} tensors in {len(groups)} shards")
 
     with new_dir(outdir, HF_CHECKPOINT, overwrite=overwrite) as tmp:
         weight_map = {}
+        prog = Progress("make-tiny", sum(t.nbytes for t in tensors), quiet=quiet)
         for n, group in enumerate(groups):
             name = shard_name(n, len(groups))
-            write_shard(tmp / name, group)
+            write_shard(tmp / name, group, prog.add)
             weight_map.update({t.key: name for t in group})
+        prog.finish()
         write_index(tmp, weight_map, sum(t.nbytes for t in tensors))
         conf = cfg.to_tencent() if config_style == "tencent" else _transformers_config(cfg)
         (tmp / "config.json").write_text(json.dumps(conf, indent=2) + "\n")
@@ -199,6 +214,8 @@ def write_tiny(outdir: str | Path, spec: TinySpec, fmt: str = "inner", seed: int
             indent=2) + "\n")
         if tokenizer:
             _write_tokenizer(tmp, cfg)
+    log(f"wrote {outdir}: tiny Hy3 ({fmt} layout), {len(tensors)} tensors in {len(groups)} shards, "
+        f"in {time.monotonic() - t0:.1f}s", quiet)
     return outdir
 
 

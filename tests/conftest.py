@@ -23,7 +23,8 @@ def run_cli(*args, env: dict | None = None, cwd=None, timeout: float = 120) -> s
 
 def run_python(*args, env: dict | None = None, cwd=None, timeout: float = 120) -> subprocess.CompletedProcess:
     full_env = dict(os.environ)
-    full_env.pop("HY3_TEST_KILL_AFTER_BYTES", None)
+    for hook in ("HY3_TEST_KILL_AFTER_BYTES", "HY3_TEST_KILL_SIGNAL", "HY3_TEST_KILL_AT"):
+        full_env.pop(hook, None)
     full_env.update(env or {})
     return subprocess.run([sys.executable, *map(str, args)], capture_output=True, text=True, env=full_env,
                           cwd=cwd or REPO, timeout=timeout)
@@ -43,6 +44,23 @@ def assert_one_error(proc: subprocess.CompletedProcess, *must_contain: str) -> s
     for text in must_contain:
         assert str(text) in lines[0], f"{text!r} not in: {lines[0]}"
     return lines[0]
+
+
+# --- the two environments `make setup` builds (Python 3.11 / megatron-core 0.16.1, Python 3.12 / 0.19.x) --------
+
+ENVIRONMENTS = {"mcore016": REPO / ".venv", "mcore019": REPO / ".venv-mcore019"}
+
+
+def other_environment_hy3() -> Path:
+    """The `hy3` of the environment this test does not run in (by megatron-core release), for checks across
+    releases: a checkpoint one release wrote, converted by the other."""
+    from megatron_hy import mcore_versions as mv
+
+    other = ENVIRONMENTS["mcore016" if mv.since(mv.MTP_LAYER_RENAMED) else "mcore019"]
+    hy3 = other / "bin" / "hy3"
+    if not hy3.exists():
+        pytest.fail(f"{hy3} is missing: `make setup` builds both environments")
+    return hy3
 
 
 # --- reading checkpoints independently of the package (the safetensors library) ----------------
@@ -150,6 +168,26 @@ def bf16_bias_round_trip(tmp_path_factory) -> tuple[Path, Path, Path]:
     assert_ok(run_cli("convert", "hf-to-mcore", hf, root / "mcore", "--quiet", timeout=600))
     mcore_to_hf(root / "mcore", root / "hf-again", hf, quiet=True)
     return hf, root / "mcore", root / "hf-again"
+
+
+@pytest.fixture(scope="session")
+def hy3_model(tmp_path_factory) -> Path:
+    """A model directory of the published Hy3's size without weights: the bundled config.json, the stand-in
+    tokenizer and an index naming every inner-layout tensor (no shard files). What `hy3 launch` pre-flights
+    (config, tokenizer, layout) and plans for at full size. Read-only."""
+    from megatron_hy.config import load_config
+    from megatron_hy.data.tokenizer import write_standin_tokenizer
+    from megatron_hy.mapping import expected_keys
+    from megatron_hy.plan.planner import DEFAULT_CONFIG
+
+    root = tmp_path_factory.mktemp("fixtures") / "Hy3"
+    root.mkdir()
+    shutil.copy(DEFAULT_CONFIG, root / "config.json")
+    write_standin_tokenizer(root)
+    keys = expected_keys(load_config(root), "inner")
+    (root / "model.safetensors.index.json").write_text(json.dumps(
+        {"metadata": {}, "weight_map": {k: "model-00001-of-00001.safetensors" for k in keys}}))
+    return root
 
 
 # --- a small valid recipe (launch and plan tests) ------------------------------------------------

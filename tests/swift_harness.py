@@ -105,9 +105,15 @@ def _CudaToCpu():
 
 
 def _import_mcore_bridge() -> None:
-    """mcore-bridge's model package imports triton (for Qwen4-exp kernels never launched here):
-    give it tests/te_standin/triton_stub.py for that import only. torch probes for triton itself, so
-    its probes run first and see none."""
+    """mcore-bridge's model package imports triton (for Qwen4-exp kernels never launched here). Where triton is
+    installed (torch's CUDA build brings it: the Python 3.12 environment) it imports as it is; where it is not (the
+    CPU build of torch), give it tests/te_standin/triton_stub.py for that import only. torch probes for triton
+    itself, so its probes run first and see none."""
+    import importlib.util
+
+    if importlib.util.find_spec("triton") is not None:
+        import mcore_bridge.model  # noqa: F401
+        return
     import torch._dynamo  # noqa: F401  (its import-time triton probe)
     import torch.utils._triton as torch_triton
 

@@ -187,6 +187,19 @@ def run_layout(rank: int, world: int, spec: dict) -> dict:
         eargs = swift_args(**parallel, model_dir=spec[name])
         processor = get_model_processor(spec[name], load_model=False)[1]
         model.config.bridge.save_weights([model], str(out / f"export-{name}"), args=eargs, processor=processor)
+    # ... from a checkpoint whose router expert bias is bf16: loaded from HF, and from our torch_dist (what
+    # `megatron export --to_hf --mcore_model` does), the export must give every tensor its source dtype
+    if spec.get("bf16_bias"):
+        b = spec["bf16_bias"]
+        for name in ("hf", "mcore"):
+            m = build(swift_args(**parallel), b["hf"])
+            if name == "hf":
+                m.config.bridge.load_weights([m], b["hf"])
+            else:
+                load_mcore_checkpoint(swift_args(**parallel, mcore_model=b["mcore"]), [m], load_arg="mcore_model")
+            eargs = swift_args(**parallel, model_dir=b["hf"])
+            processor = get_model_processor(b["hf"], load_model=False)[1]
+            m.config.bridge.save_weights([m], str(out / f"export-bf16-bias-{name}"), args=eargs, processor=processor)
 
     # 4. LoRA as ms-swift trains it: mcore-bridge's tuner, nonzero factors, ms-swift's two savers,
     #    mcore-bridge's merge exported to HF (`megatron export --merge_lora true --to_hf true`)
@@ -282,17 +295,20 @@ def run_all(root: Path, inner: Path, outer: Path, tencent: Path, lora_base: Path
     """Convert the tiny checkpoints with `hy3 convert hf-to-mcore`, then run the TP1, TP2 and EP2 layouts
     in one driver process (with the transformer_engine stand-in on its path)."""
     from megatron_hy.plugins import swift_plugin_path
+    from megatron_hy.tiny import TinySpec, write_tiny
 
     root = Path(root)
+    bf16_bias = write_tiny(root / "bf16-bias", TinySpec(layers=2), "inner", seed=5, bias_dtype="bf16")
     mcore = {}
-    for name, src in (("inner", inner), ("outer", outer)):
+    for name, src in (("inner", inner), ("outer", outer), ("bf16-bias", bf16_bias)):
         mcore[name] = root / f"mcore-{name}"
         proc = subprocess.run([sys.executable, "-m", "megatron_hy.cli", "convert", "hf-to-mcore", str(src),
                                str(mcore[name]), "--quiet"], capture_output=True, text=True, cwd=REPO, timeout=300)
         if proc.returncode:
             raise AssertionError(f"hy3 convert hf-to-mcore {src} failed:\n{proc.stderr}")
     common = {"plugin": str(swift_plugin_path()), "inner": str(inner), "outer": str(outer), "tencent": str(tencent),
-              "mcore": {k: str(v) for k, v in mcore.items()}}
+              "mcore": {k: str(v) for k, v in mcore.items() if k != "bf16-bias"},
+              "bf16_bias": {"hf": str(bf16_bias), "mcore": str(mcore["bf16-bias"])}}
     all_linear = {"base": str(lora_base), "targets": ["all-linear"]}
     with_router = {"base": str(lora_base), "targets": ["all-linear", "all-router"]}
     jobs = [dict(common, name="tp1", tp=1, ep=1, world=1, unpatched=True, conflicts=True, lora=all_linear,

@@ -175,3 +175,51 @@ def test_nan_inf_count_matches_torch_for_every_bit_pattern(dtype, tmp_path):
     save_file({"x": t}, tmp_path / "x.safetensors")
     (info,) = read_header(tmp_path / "x.safetensors")[0].values()
     assert count_nonfinite(info) == int((~torch.isfinite(t.to(torch.float64))).sum())
+
+
+# --- every shard by default (issue 21) -------------------------------------------------------------
+
+def nan_in_second_shard(root: Path) -> tuple[str, str]:
+    """A NaN in a tensor of shard 2 of 5: a shard that sampling first, middle and last shard never reads."""
+    import torch
+    from safetensors.torch import load_file
+
+    shards = sorted(set(read_index(root)["weight_map"].values()))
+    assert len(shards) == 5
+    key = next(k for k, v in sorted(load_file(root / shards[1]).items()) if v.dtype == torch.bfloat16 and v.dim() == 2)
+    value = load_file(root / shards[1])[key].clone()
+    value[0, 0] = float("nan")
+    rewrite(root, key, value)
+    return shards[1], key
+
+
+def test_nan_in_any_shard_fails_by_default_naming_tensor_and_shard(tiny_inner, tmp_path):
+    root = copy_checkpoint(tiny_inner, tmp_path / "c")
+    shard, key = nan_in_second_shard(root)
+    proc = run_cli("check", root)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert f"  - {shard}: {key}: 1 NaN/Inf values" in proc.stdout
+    assert "result:     1 problem(s) (NaN/Inf: every shard read, 5 shard(s)" in proc.stdout
+    assert "[check NaN/Inf]" in proc.stderr and "(100%)" in proc.stderr   # progress, in bytes, on stderr
+    rc, rep = check_json(root)
+    assert rc == 1 and rep["nonfinite_check"]["every_shard"] and rep["nonfinite_check"]["shards_read"] == 5
+    assert rep["spot_checked"] == sorted(set(read_index(root)["weight_map"].values()))
+
+
+def test_spot_check_samples_only_on_request_and_says_so(tiny_inner, tmp_path):
+    root = copy_checkpoint(tiny_inner, tmp_path / "c")
+    nan_in_second_shard(root)
+    proc = run_cli("check", root, "--spot-check", "3", "--quiet")
+    assert proc.returncode == 0 and proc.stderr == ""
+    assert "result:     OK (NaN/Inf: only 3 of 5 shards read (--spot-check)" in proc.stdout
+    assert "the others were not checked" in proc.stdout
+    rc, rep = check_json(root, "--spot-check", "3")
+    assert rc == 0 and rep["nonfinite_check"] == {"shards_read": 3, "shards_with_tensors": 5,
+                                                   "bytes_read": rep["nonfinite_check"]["bytes_read"],
+                                                   "every_shard": False}
+
+
+def test_model_flag_names_the_checkpoint_too(tiny_inner):
+    rc, rep = check_json(tiny_inner, "--quiet")
+    proc = run_cli("check", "--model", tiny_inner, "--json", "--quiet")
+    assert proc.returncode == rc == 0 and json.loads(proc.stdout) == rep

@@ -42,6 +42,7 @@ def test_without_the_package_says_how_to_install(tmp_path):
     assert "megatron-hy is not installed" in proc.stderr and "make setup" in proc.stderr
 
 
+@pytest.mark.megatron
 def test_hf_to_mcore_and_back(tiny_inner, tmp_path):
     assert_ok(run_python(script("hf_to_mcore.py"), tiny_inner, "mcore", "--quiet", cwd=tmp_path, timeout=300))
     assert (tmp_path / "mcore" / "latest_checkpointed_iteration.txt").read_text() == "1"

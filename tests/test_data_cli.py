@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import shutil
 
+import pytest
+
 from conftest import assert_ok, assert_one_error, run_cli
 from data_helpers import conv, encoder, model_dir, write_jsonl
 from megatron_hy.data.demo_step import DEMO_DATA, step_data
@@ -86,7 +88,7 @@ def test_stats_on_rows_and_on_encoded_output_agree(tmp_path):
         assert sum(h["count"] for h in s["histogram"]) == len(exs)
     text = assert_ok(run_cli("data", "stats", out)).stdout
     assert "histogram" in text and f"{len(exs)} examples" in text
-    assert_one_error(run_cli("data", "stats", src), "pass --tokenizer")
+    assert_one_error(run_cli("data", "stats", src), "pass --model")  # the one model-directory flag
 
 
 def test_check_template_agrees_with_our_template_and_flags_a_different_one(tmp_path):
@@ -135,3 +137,70 @@ def test_demo_step_validates_and_encodes_the_bundled_dataset(tmp_path):
     rows = read(tmp_path / "data" / "encoded.jsonl")
     assert len(rows) == len(DEMO_DATA.read_text().splitlines())
     assert all(any(x != -100 for x in r["labels"]) for r in rows)
+
+
+# --- empty input, interrupted encode, progress with totals (issue 21) -----------------------------------
+
+@pytest.mark.parametrize("text", ["", "\n  \n\t\n"], ids=["empty", "blank-lines"])
+def test_a_file_without_rows_is_an_error_everywhere(tmp_path, text):
+    src = tmp_path / "rows.jsonl"
+    src.write_text(text)
+    proc = run_cli("data", "validate", src)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert f"{src}:1: error: no rows: the file is empty or holds only blank lines" in proc.stdout
+    assert "FAILED: 0 rows" in proc.stdout
+    assert_one_error(run_cli("data", "convert", "--from", "sharegpt", src, tmp_path / "c.jsonl"), str(src), "no rows")
+    assert_one_error(run_cli("data", "encode", "--tokenizer", model_dir(), src, tmp_path / "e.jsonl",
+                             "--swift-dataset", tmp_path / "e.arrow"), str(src), "no rows")
+    assert_one_error(run_cli("data", "stats", src, "--tokenizer", model_dir()), str(src), "no rows")
+    assert_one_error(run_cli("data", "stats", src), str(src), "no rows")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rows.jsonl"]   # nothing written, nothing left behind
+
+
+def test_encode_with_every_example_skipped_writes_nothing(tmp_path):
+    src = write_jsonl(tmp_path / "rows.jsonl", ALL_ROWS)
+    proc = run_cli("data", "encode", "--tokenizer", model_dir(), "--max-length", 2, src, tmp_path / "e.jsonl")
+    assert_one_error(proc, str(src), "no example left to write, nothing written")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rows.jsonl"]
+
+
+def test_swift_dataset_killed_between_the_outputs_is_completed_by_the_rerun(tmp_path):
+    """Killed after the first output appeared: the rerun of the same command completes the pair (it does not
+    refuse an output 'already exists'), and the pair equals an uninterrupted run's."""
+    import datasets
+
+    src = write_jsonl(tmp_path / "rows.jsonl", ALL_ROWS)
+    argv = ["data", "encode", "--tokenizer", model_dir(), src, tmp_path / "enc.jsonl", "--swift-dataset", tmp_path / "enc"]
+    killed = run_cli(*argv, env={"HY3_TEST_KILL_AT": "encode:dataset-published"})
+    assert killed.returncode == -9, killed.stderr
+    assert [p.exists() for p in (tmp_path / "enc", tmp_path / "enc.jsonl")] == [True, False]
+    left = set(tmp_path.glob(".*partial*"))   # the killed run's hidden temporary JSONL, named as unfinished
+    proc = assert_ok(run_cli(*argv))
+    assert "already holds the dataset of these rows" in proc.stderr
+    ref = assert_ok(run_cli("data", "encode", "--tokenizer", model_dir(), src, tmp_path / "ref.jsonl",
+                            "--swift-dataset", tmp_path / "ref"))
+    assert (tmp_path / "enc.jsonl").read_bytes() == (tmp_path / "ref.jsonl").read_bytes()
+    assert datasets.load_from_disk(str(tmp_path / "enc")).to_list() == datasets.load_from_disk(str(tmp_path / "ref")).to_list()
+    assert set(tmp_path.glob(".*partial*")) == left
+    # a dataset made from other rows is still refused, as any existing output is
+    other = write_jsonl(tmp_path / "other.jsonl", ALL_ROWS[:2])
+    (tmp_path / "enc.jsonl").unlink()
+    assert_one_error(run_cli("data", "encode", "--tokenizer", model_dir(), other, tmp_path / "enc.jsonl",
+                             "--swift-dataset", tmp_path / "enc"), str(tmp_path / "enc"), "other rows")
+
+
+def test_encode_progress_has_totals_and_results_go_to_stdout(tmp_path):
+    src = write_jsonl(tmp_path / "rows.jsonl", ALL_ROWS)
+    out, ds = tmp_path / "enc.jsonl", tmp_path / "enc"
+    proc = assert_ok(run_cli("data", "encode", "--tokenizer", model_dir(), src, out, "--swift-dataset", ds))
+    n = len(ALL_ROWS)
+    for label in ("validate", "encode", "swift-dataset"):
+        assert f"[{label}] " in proc.stderr, label
+    assert f"[encode] {n} rows / {n} rows (100%)" in proc.stderr
+    written = len(out.read_text().splitlines())
+    assert f"[swift-dataset] {written} rows / {written} rows (100%)" in proc.stderr
+    assert f"wrote {out}: {written} encoded rows" in proc.stderr and f"wrote {ds}: ms-swift cached dataset" in proc.stderr
+    assert str(out) not in proc.stdout and f"rows from {n} input rows" in proc.stdout
+    res = json.loads(assert_ok(run_cli("data", "encode", "--tokenizer", model_dir(), src, tmp_path / "j.jsonl",
+                                       "--json", "--quiet")).stdout)
+    assert (res["output"], res["rows"], res["written"]) == (str(tmp_path / "j.jsonl"), n, written)

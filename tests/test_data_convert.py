@@ -155,7 +155,9 @@ def test_cli_reports_every_row_not_converted_and_writes_nothing_without_skip_bad
     assert f"{src}:3: invalid JSON" in proc.stderr and f"{src}:5: the last user turn says /no_think" in proc.stderr
     assert not out.exists() and not list(tmp_path.glob("*.partial"))
     proc = assert_ok(run_cli("data", "convert", "--from", "hunyuan-legacy", src, out, "--allow-bad"))
-    assert f"{out}: 5 rows read: 0 kept as given (already Hy3 rows), 3 converted, 2 refused" in proc.stdout
+    # the result on stdout, the `wrote` line on stderr (the README's one convention)
+    assert proc.stdout.startswith("5 rows read: 0 kept as given (already Hy3 rows), 3 converted, 2 refused\n")
+    assert f"wrote {out}: 3 Hy3 rows" in proc.stderr
     assert "2 rows refused" in proc.stdout
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["reasoning_effort"] for r in rows] == ["no_think", "high", "high"]
@@ -225,7 +227,8 @@ def test_hy3_rows_through_sharegpt_keep_reasoning_and_effort(tmp_path):
     for row in HY3_ROWS:
         assert from_sharegpt(row) == row
     proc, src, out = convert_cli(tmp_path, "sharegpt", HY3_ROWS)
-    assert f"{out}: 2 rows read: 2 kept as given (already Hy3 rows), 0 converted, 0 refused" in assert_ok(proc).stdout
+    assert "2 rows read: 2 kept as given (already Hy3 rows), 0 converted, 0 refused" in assert_ok(proc).stdout
+    assert f"wrote {out}: 2 Hy3 rows" in proc.stderr
     rows = read_rows(out)
     assert [without_meta(r) for r in rows] == HY3_ROWS
     assert [r["meta"] for r in rows] == [{"converted_from": [f"{src}:1"]}, {"converted_from": [f"{src}:2"]}]
@@ -324,7 +327,8 @@ def test_skip_bad_keeps_source_lines_and_exits_1_unless_allow_bad(tmp_path):
     rows = [good, bad, "{broken", good]
     proc, src, out = convert_cli(tmp_path, "sharegpt", rows, "--skip-bad")
     assert_one_error(proc, "2 of 4 rows refused", f"{out} holds the other 2", "--allow-bad")
-    assert f"{out}: 4 rows read: 0 kept as given (already Hy3 rows), 2 converted, 2 refused" in proc.stdout
+    assert proc.stdout.startswith("4 rows read: 0 kept as given (already Hy3 rows), 2 converted, 2 refused\n")
+    assert f"wrote {out}: 2 Hy3 rows" in proc.stderr
     assert f"{src}:2: messages[0] has role 'narrator'" in proc.stdout and f"{src}:3: invalid JSON" in proc.stdout
     assert [r["meta"]["converted_from"] for r in read_rows(out)] == [[f"{src}:1"], [f"{src}:4"]]
     out.unlink()

@@ -244,4 +244,4 @@ def test_truncate_drops_and_counts_examples_left_with_no_token_in_the_loss(tmp_p
     assert s.dropped == [f"{src}:{n}: {prompt_len} tokens, longer than --max-length {limit}; its first {limit} "
                          "tokens have none in the loss" for n in (1, 3)]
     assert s.examples == s.written == 1
-    assert "2 examples dropped (truncated, no token left in the loss):" in s.text(out)
+    assert "2 examples dropped (truncated, no token left in the loss):" in s.text()

@@ -7,18 +7,20 @@ from __future__ import annotations
 import json
 import pickle
 import shutil
+import subprocess
 
 import pytest
 
-from conftest import assert_ok, assert_one_error, load_tensors, run_cli, same_bits
+from conftest import assert_ok, assert_one_error, load_tensors, other_environment_hy3, run_cli, same_bits
 from megatron_hy.convert.hf_to_mcore import hf_to_mcore
 from megatron_hy.convert.manifest import MANIFEST
 from megatron_hy.convert.mcore_to_hf import mcore_to_hf
 from megatron_hy.convert.torch_dist import TRACKER
+from megatron_hy.mcore_versions import NO_COMMON_PT, since
 from megatron_hy.megatron.harness import run_distributed
 from megatron_hy.tiny import TinySpec, write_tiny
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.megatron]
 
 
 @pytest.fixture(scope="module")
@@ -125,6 +127,9 @@ def test_megatron_trained_checkpoint_converts_exactly(megatron_world4, lora_base
     assert any(".optimizer.distributed." in k and k.endswith(".exp_avg") for k in optim)
     assert all(len(r["losses"]) == w.train_job.steps for r in w.train)
 
+    # megatron-core 0.19 keeps the common state inside the DCP checkpoint and writes no common.pt
+    assert (w.trained / "iter_0000002" / "common.pt").exists() != since(NO_COMMON_PT)
+
     out = tmp_path / "hf"
     report = mcore_to_hf(w.trained, out, lora_base)  # what `hy3 convert mcore-to-hf` runs
     n_optim_tensors = sum(isinstance(meta.state_dict_metadata[k], TensorStorageMetadata) for k in optim)
@@ -150,6 +155,12 @@ def test_megatron_trained_checkpoint_converts_exactly(megatron_world4, lora_base
     assert len(owner["mtp"]) == len(ref_mtp) == 1
     assert compare(owner["mtp"][0], ref_mtp[0])[1] <= TOLERANCE
     assert compare(owner["logits"], reference_logits(lora_base, tokens)[0])[1] > 100 * TOLERANCE  # it did train
+
+    # the other supported megatron-core release's hy3 converts the same checkpoint to the same bytes
+    again = tmp_path / "hf-other-release"
+    assert_ok(subprocess.run([str(other_environment_hy3()), "convert", "mcore-to-hf", str(w.trained), str(again),
+                              "--hf-config", str(lora_base), "--quiet"], capture_output=True, text=True, timeout=600))
+    same_checkpoint(out, again)
 
 
 def test_resume_after_kill(tiny, mcore, tmp_path):

@@ -1,11 +1,14 @@
-"""The install: the CPU lock, pyproject.toml's ranges and the Dockerfile's pins agree.
+"""The install: both locks, pyproject.toml's ranges and the Dockerfile's pins agree.
 
-The Dockerfile cannot be built here (no GPU builder), so its pins are checked against the lock and the ranges."""
+Two locks: Python 3.11 with megatron-core 0.16.1 (CPU torch) and Python 3.12 with megatron-core 0.19.2, the stack the
+Docker image builds. The Dockerfile cannot be built here (no GPU builder), so its pins are checked against the
+3.12 lock and the ranges."""
 
 from __future__ import annotations
 
 import re
 
+import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
@@ -18,7 +21,8 @@ except ModuleNotFoundError:   # Python 3.10: the dev extra brings tomli
     import tomli as tomllib
 
 DOCKERFILE = (REPO / "Dockerfile").read_text()
-LOCK = REPO / "requirements" / "cpu-py311.lock"
+LOCKS = {"3.11": REPO / "requirements" / "cpu-py311.lock", "3.12": REPO / "requirements" / "py312-mcore019.lock"}
+IMAGE_PYTHON = "3.12"
 LOCK_PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9_.-]*)==(\S+) \\$", re.M)
 PIN = re.compile(r"(?<![\w.-])([A-Za-z][A-Za-z0-9_.-]*)(?:\[[^\]]*\])?==([0-9][0-9A-Za-z.+-]*)")
 
@@ -35,8 +39,8 @@ def pins() -> dict[str, str]:
     return found
 
 
-def locked() -> dict[str, str]:
-    return {canonicalize_name(name): version for name, version in LOCK_PIN.findall(LOCK.read_text())}
+def locked(python: str = IMAGE_PYTHON) -> dict[str, str]:
+    return {canonicalize_name(name): version for name, version in LOCK_PIN.findall(LOCKS[python].read_text())}
 
 
 def declared(extra: str | None = None) -> list[Requirement]:
@@ -49,24 +53,39 @@ def makefile_torch_pin() -> str:
     return re.search(r"TORCH_PIN \?= torch==(\S+)", (REPO / "Makefile").read_text()).group(1)
 
 
-def test_the_lock_pins_every_declared_dependency_inside_its_range():
-    lock = locked()
+@pytest.mark.parametrize("python", sorted(LOCKS))
+def test_each_lock_pins_every_declared_dependency_inside_its_range(python):
+    lock = locked(python)
     for req in declared() + declared("dev"):
-        if req.marker is not None and not req.marker.evaluate({"python_version": "3.11"}):
+        if req.marker is not None and not req.marker.evaluate({"python_version": python}):
             continue
         name = canonicalize_name(req.name)
-        assert name in lock, f"{req.name} is declared in pyproject.toml but not locked"
+        assert name in lock, f"{req.name} is declared in pyproject.toml but not locked for Python {python}"
         assert req.specifier.contains(Version(lock[name]), prereleases=True), \
-            f"{req.name}=={lock[name]} is outside {req.specifier}"
+            f"{req.name}=={lock[name]} is outside {req.specifier} (Python {python})"
 
 
-def test_every_locked_package_is_hash_checked_and_torch_is_the_cpu_build():
-    entries = re.split(r"\n(?=[A-Za-z0-9])", LOCK.read_text())
+def test_the_locks_hold_the_two_supported_megatron_core_ends():
+    assert locked("3.11")["megatron-core"] == "0.16.1"
+    assert Version(locked("3.12")["megatron-core"]) >= Version("0.19")
+    # megatron-core 0.17 and later need Python 3.12: the range must say so, or pip on 3.11 would look for them
+    low, high = (r for r in declared() if canonicalize_name(r.name) == "megatron-core")
+    for req in (low, high):
+        for python in LOCKS:
+            if req.marker.evaluate({"python_version": python}):
+                assert Version(locked(python)["megatron-core"]) in req.specifier
+
+
+@pytest.mark.parametrize("python", sorted(LOCKS))
+def test_every_locked_package_is_hash_checked_and_torch_is_pinned(python):
+    entries = re.split(r"\n(?=[A-Za-z0-9])", LOCKS[python].read_text())
     packages = [e for e in entries if LOCK_PIN.match(e)]
-    assert len(packages) == len(locked()) > 50
+    assert len(packages) == len(locked(python)) > 50
     for entry in packages:
         assert re.search(r"--hash=sha256:[0-9a-f]{64}", entry), f"no hash for {entry.splitlines()[0]}"
-    assert locked()["torch"] == makefile_torch_pin()
+    # 3.11: the CPU wheel on disk; 3.12: the same release from the package index (a CUDA build that runs on a CPU)
+    want = makefile_torch_pin() if python == "3.11" else Version(makefile_torch_pin()).public
+    assert locked(python)["torch"] == want
     assert (REPO / "requirements" / "torch-cpu.txt").read_text().strip() == f"torch=={makefile_torch_pin()}"
 
 
@@ -80,6 +99,8 @@ def test_dockerfile_pins_are_the_locked_versions():
 def test_every_declared_dependency_is_pinned_inside_its_range():
     pinned = pins()
     for req in declared():
+        if req.marker is not None and not req.marker.evaluate({"python_version": IMAGE_PYTHON}):
+            continue
         name = canonicalize_name(req.name)
         assert name in pinned, f"{req.name} is a dependency but the Dockerfile does not pin it"
         assert Version(pinned[name]) in req.specifier, f"{req.name}=={pinned[name]} is outside {req.specifier}"
@@ -94,8 +115,8 @@ def test_gpu_stack_is_pinned():
     pinned = pins()
     for name in ("transformer-engine", "flash-attn", "mcore-bridge", "ms-swift", "megatron-core", "modelscope"):
         assert name in pinned, f"{name} not pinned"
-    # megatron-core 0.16.1 declares transformer-engine>=2.9,<2.12 for its GPU extra
-    assert Version("2.9") <= Version(pinned["transformer-engine"]) < Version("2.12")
+    # megatron-core 0.19.2 declares transformer-engine without bounds; its code tests for releases up to 2.14.0
+    assert Version("2.14") <= Version(pinned["transformer-engine"]) < Version("2.15")
     assert re.search(r"ARG APEX_COMMIT=[0-9a-f]{40}\n", DOCKERFILE), "apex must be pinned to a full commit"
 
 

@@ -15,23 +15,28 @@ ROW = {"reasoning_effort": "high", "messages": [
 
 
 def fake_megatron(tmp_path):
+    """Stand-ins on PATH: `megatron` records its arguments; `nvidia-smi` lists the recipe's 8 GPUs."""
     bindir = tmp_path / "bin"
     bindir.mkdir()
     record = tmp_path / "record.txt"
     fake = bindir / "megatron"
     fake.write_text(f'#!/bin/sh\necho "$@" > {record}\n')
-    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    smi = bindir / "nvidia-smi"
+    smi.write_text("#!/bin/sh\n" + "".join(f'echo "GPU {i}: NVIDIA H200"\n' for i in range(8)))
+    for f in (fake, smi):
+        f.chmod(f.stat().st_mode | stat.S_IEXEC)
     return {"PATH": f"{bindir}{os.pathsep}{os.environ['PATH']}"}, record
 
 
-def test_rows_are_encoded_into_the_run_and_passed_as_cached_dataset(tmp_path, tiny_inner):
+def test_rows_are_encoded_into_the_run_and_passed_as_cached_dataset(tmp_path, hy3_model):
+    # hy3_model: the test recipe is planned for the published Hy3's size, and the plan reads --model's config
     env, record = fake_megatron(tmp_path)
     recipe = tmp_path / "r.yaml"
     recipe.write_text(TEST_RECIPE)
     rows = tmp_path / "rows.jsonl"
     rows.write_text(json.dumps(ROW) + "\n")
     out = tmp_path / "run"
-    proc = assert_ok(run_cli("launch", recipe, "--model", tiny_inner, "--dataset", rows, "--output-dir", out, env=env))
+    proc = assert_ok(run_cli("launch", recipe, "--model", hy3_model, "--dataset", rows, "--output-dir", out, env=env))
     assert "encoding" in proc.stderr
     cached = out / "hy3-data" / "rows"
     argv = record.read_text().split()
@@ -39,17 +44,17 @@ def test_rows_are_encoded_into_the_run_and_passed_as_cached_dataset(tmp_path, ti
     assert argv[argv.index("--template") + 1] == "hy3"
     assert (cached / "dataset_info.json").exists()
     # the same examples `hy3 data encode` writes: the reasoning is in the loss
-    assert_ok(run_cli("data", "encode", "--tokenizer", tiny_inner, "--max-length", "4096", rows, tmp_path / "ref.jsonl"))
+    assert_ok(run_cli("data", "encode", "--model", hy3_model, "--max-length", "4096", rows, tmp_path / "ref.jsonl"))
     assert (out / "hy3-data" / "rows.jsonl").read_text() == (tmp_path / "ref.jsonl").read_text()
     import datasets
 
     ds = datasets.load_from_disk(str(cached))
     assert ds[0]["input_ids"] == json.loads((tmp_path / "ref.jsonl").read_text())["input_ids"]
     # a rerun reuses it; different rows under the same name are refused
-    assert "encoding" not in assert_ok(run_cli("launch", recipe, "--model", tiny_inner, "--dataset", rows,
+    assert "encoding" not in assert_ok(run_cli("launch", recipe, "--model", hy3_model, "--dataset", rows,
                                                "--output-dir", out, env=env)).stderr
     rows.write_text(json.dumps(ROW) + "\n" + json.dumps(ROW) + "\n")
-    assert_one_error(run_cli("launch", recipe, "--model", tiny_inner, "--dataset", rows, "--output-dir", out, env=env),
+    assert_one_error(run_cli("launch", recipe, "--model", hy3_model, "--dataset", rows, "--output-dir", out, env=env),
                      "encoded from other input", str(cached))
 
 

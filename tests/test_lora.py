@@ -22,6 +22,8 @@ from megatron_hy.lora.merge import merge_lora
 from megatron_hy.megatron.parity import TOLERANCE, compare, run_parity
 from megatron_hy.reference import load_hf_model
 
+pytestmark = pytest.mark.megatron
+
 
 @pytest.fixture(scope="module")
 def base(lora_base):

@@ -15,6 +15,8 @@ from megatron_hy.mapping import logical_tensors, mcore_tensors
 from megatron_hy.megatron.config import megatron_lm_flags, padded_vocab_size, transformer_config_kwargs
 from megatron_hy.transforms import from_mcore, to_mcore
 
+pytestmark = pytest.mark.megatron
+
 HY3 = "megatron_hy/assets/hy3_config.json"
 
 

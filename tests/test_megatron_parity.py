@@ -20,7 +20,7 @@ from megatron_hy.megatron.parity import TOLERANCE, judge, make_layout, run_parit
 from megatron_hy.safetensors_io import torch_dtype
 from megatron_hy.tiny import TinySpec, write_tiny
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.megatron]
 
 
 @pytest.fixture(scope="module")
@@ -109,11 +109,35 @@ def test_vocab_padding_top3_and_six_experts_per_ep_rank(tmp_path):
     check(results, ranks, [ck], layout)
 
 
+@pytest.mark.parametrize("name", ["TP2+EP2 ETP1", "PP2 VPP2"])
+def test_heads_times_head_dim_unlike_hidden(wide_heads, name):
+    """As in the real Hy3 (64 heads x 128 = 8192 vs hidden 4096): 4 query heads of 24 (96) over hidden 64, 2 dense
+    layers of 4, 6 experts top-3; from HF and from our torch_dist."""
+    ck, mcore = wide_heads
+    layout = LAYOUTS[name]
+    results, ranks = run_parity(ck, [("hf", ck), ("mcore", mcore)], export=True, tokens=24, **layout)
+    check(results, ranks, [ck, ck], layout)
+
+
+@pytest.fixture(scope="module")
+def wide_heads(tmp_path_factory):
+    from megatron_hy.convert.hf_to_mcore import hf_to_mcore
+
+    root = tmp_path_factory.mktemp("wide-heads")
+    spec = TinySpec(layers=4, dense_layers=2, heads=4, kv_heads=2, head_dim=24, experts=6, top_k=3)
+    ck = write_tiny(root / "hf", spec, seed=13, tokenizer=False)
+    assert spec.heads * spec.head_dim != spec.hidden
+    hf_to_mcore(ck, root / "mcore", quiet=True)
+    return ck, root / "mcore"
+
+
 def test_verify_parity_cli_json(pair):
-    proc = run_cli("verify", "parity", str(pair[1]), "--tp", "2", "--pp", "2", "--vpp", "2", "--json", timeout=600)
+    proc = run_cli("verify", "parity", str(pair[1]), "--device", "cpu", "--tp", "2", "--pp", "2", "--vpp", "2", "--json",
+                   timeout=600)
     assert proc.returncode == 0, proc.stderr
     data = json.loads(proc.stdout)
     assert data["passed"] is True and data["layout"] == "TP2 PP2 VPP2 EP1"
+    assert (data["device"], data["dtype"], data["spec"], data["layers"]) == ("cpu", "fp32", "local", [0, 1, 2, 3])
     for key in ("max_abs_err", "max_rel_err", "mtp_max_rel_err"):
         assert data[key] <= TOLERANCE
     assert data["experts_without_tokens"] == 0 and sorted(data["expert_tokens"]) == ["2", "3", "4", "5"]

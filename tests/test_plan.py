@@ -206,28 +206,33 @@ def test_lora_keeps_frozen_weights_only_and_trains_adapters():
 def test_more_recomputation_means_less_activation_memory():
     common = dict(nodes=2, tensor_model_parallel_size=8, sequence_parallel=True, expert_model_parallel_size=16,
                   global_batch_size=16, max_length=16384)
-    none = plan(recompute_granularity="none", **common).ranks[0].activations
-    moe_act = plan(recompute_granularity="selective", recompute_modules=["moe_act"], **common).ranks[0].activations
-    moe = plan(recompute_granularity="selective", recompute_modules=["moe"], **common).ranks[0].activations
-    full = plan(recompute_granularity="full", recompute_method="uniform", recompute_num_layers=1,
-                **common).ranks[0].activations
-    assert none > moe_act > moe > full > 0
-    # moe_act drops the activation and its probability-weighted copy: 2*F per routed copy, top-8 copies
+    none = plan(recompute_granularity="none", **common).ranks[0]
+    moe_act = plan(recompute_granularity="selective", recompute_modules=["moe_act"], **common).ranks[0]
+    moe = plan(recompute_granularity="selective", recompute_modules=["moe"], **common).ranks[0]
+    full = plan(recompute_granularity="full", recompute_method="uniform", recompute_num_layers=1, **common).ranks[0]
+    assert none.activations > moe_act.activations > moe.activations > full.activations > 0
+    assert none.act.peak > moe_act.act.peak > moe.act.peak > full.act.peak > 0
+    # moe_act drops the activation and its probability-weighted copy: 2*F per routed copy, top-8 copies,
+    # in each of the 79 MoE layers; the backward of one layer rebuilds them
     tokens = 16384 / 8                                            # sequence-parallel share of one GPU
-    assert none - moe_act == pytest.approx(79 * 8 * 2 * F * tokens * 2)
+    per_layer = 8 * 2 * F * tokens * 2                            # bytes, bf16
+    assert none.act.stored - moe_act.act.stored == pytest.approx(79 * per_layer)
+    assert moe_act.act.rebuilt - none.act.rebuilt == pytest.approx(per_layer)
+    assert none.activations - moe_act.activations == pytest.approx(78 * per_layer)
 
 
-def test_calibration_record_public_gb300_peaks():
-    """A calibration record, not a validation: the activation factor 1.5 was fitted to these two public
-    measurements (64 x GB300, TP1 PP2 VPP8 EP32, micro batch 1, 4K, bf16 gradients: 184 GiB peak with
-    recompute_modules [moe_act], 217 GiB with none; docs/training.md, Calibration). This records that the
-    memory model still reproduces the fit it was tuned on; agreement here says nothing about other runs."""
+def test_public_gb300_peaks_cross_check():
+    """The one public Hy3 Megatron measurement (64 x GB300, TP1 PP2 VPP8 EP32, micro batch 1, 4K, bf16
+    gradients, CUDA graphs and HybridEP buffers on): 184 with recompute_modules [moe_act], 217 with none, in a
+    write-up that does not say whether it means GiB or decimal GB. The activation calibration is no longer
+    fitted to it (it comes from one H200 layer: test_plan_activations.py); this records where the model
+    stands against this run: within 5% of the band between the two readings (docs/training.md, Calibration)."""
     run = dict(nodes=16, gpus=4, mem=288, pipeline_model_parallel_size=2, virtual_pipeline_model_parallel_size=8,
                expert_model_parallel_size=32, global_batch_size=2048, main_grads_dtype="bf16")
     v1 = plan(recompute_granularity="selective", recompute_modules=["moe_act"], **run)
     v2 = plan(recompute_granularity="none", **run)
-    assert v1.worst.total_gib == pytest.approx(184, rel=0.05)
-    assert v2.worst.total_gib == pytest.approx(217, rel=0.05)
+    for p, peak in ((v1, 184), (v2, 217)):
+        assert 0.95 * peak * 1e9 / 2 ** 30 <= p.worst.total_gib <= 1.05 * peak
 
 
 def test_a_layout_that_does_not_fit_fails():

@@ -11,6 +11,8 @@ from conftest import REPO, assert_ok, run_python
 from megatron_hy.cli import main
 from megatron_hy.plan import load_recipe, with_overrides
 
+pytestmark = pytest.mark.megatron
+
 LAYOUTS = {
     # TP8 PP10 EP8, an even split, MTP off: 80 GPUs
     "full-80g-10n-4k": ("full-80g-10n-4k.yaml", []),

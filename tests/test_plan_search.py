@@ -78,7 +78,7 @@ def test_the_search_is_deterministic(capsys):
 def test_written_recipe_plans_clean_and_is_never_overwritten(tmp_path):
     out = tmp_path / "best.yaml"
     proc = assert_ok(run_cli("plan", *FLOOR, "--host-mem", "2048", "--write-recipe", out))
-    assert f"wrote    {out}" in proc.stdout
+    assert f"wrote {out}: the best layout as a recipe" in proc.stderr   # `wrote` lines go to stderr (README)
     d = json.loads(assert_ok(run_cli("plan", out, "--json")).stdout)
     assert d["fits"] and d["warnings"] == [] and d["errors"] == []
     assert d["cluster"]["host_memory_gb"] == 2048
@@ -115,3 +115,24 @@ def test_plot_writes_a_png(tmp_path, capsys, mode):
     if mode == "recipe":
         assert_one_error(run_cli("plan", *argv, "--plot", png), "already exists")
         assert_one_error(run_cli("plan", *argv, "--plot", tmp_path / "plan.txt"), ".png")
+
+
+def test_search_plot_tells_the_layouts_apart_and_gives_each_bar_its_total():
+    """Two layouts that differ only in recompute (or offload) get different labels; each bar carries its total;
+    the labels and totals are the table's (issue 21)."""
+    from megatron_hy.config import load_config
+    from megatron_hy.plan.planner import DEFAULT_CONFIG
+    from megatron_hy.plan.plot import search_figure
+    from megatron_hy.plan.search import Spec, base_from, recompute_name, search as run_search
+
+    spec = Spec(4, 8, 80.0, 4096, False, False, 2048.0, None, 6, base_from(None, 4096, False, False))
+    plans = run_search(spec, load_config(DEFAULT_CONFIG)).layouts
+    fig = search_figure(plans, "4 x 8 x 80 GB")
+    gpu = fig.axes[0]
+    labels = [t.get_text() for t in gpu.get_xticklabels()]
+    assert len(labels) == len(plans) == len(set(labels))
+    for label, p in zip(labels, plans):
+        assert "\nrc " + recompute_name(p.recipe.args).removeprefix("recompute ") + "\n" in label, label
+        assert f"offload {p.precision.offload:.0%}" in label
+    totals = [t.get_text() for t in gpu.texts]
+    assert totals == [f"{p.worst.total_gib:.1f}" for p in plans]

@@ -37,14 +37,14 @@ def test_model_settings_that_contradict_the_checkpoint_are_errors():
     assert "mtp_num_layers is not set" in err and "1 MTP layer" in err
 
 
-def test_plan_cli_rejects_such_a_recipe(tmp_path):
+def test_plan_cli_rejects_such_a_recipe(tmp_path, hy3_model):
     recipe = tmp_path / "r.yaml"
     recipe.write_text(TEST_RECIPE.replace("  custom_register_path: megatron_hy/plugins/ms_swift.py\n", "")
                       .replace("{moe_router_bias_update_rate: 0.0}", "{moe_router_bias_update_rate: 0.0, qk_layernorm: false}"))
     proc = run_cli("plan", recipe)
     assert proc.returncode == 1
     assert "custom_register_path" in proc.stdout and "qk_layernorm False" in proc.stdout
-    assert_one_error(run_cli("launch", recipe, "--model", "/m", "--dataset", "org/data", "--dry-run"), "--skip-plan")
+    assert_one_error(run_cli("launch", recipe, "--model", hy3_model, "--dataset", "org/data", "--dry-run"), "--skip-plan")
 
 
 def test_launch_passes_the_installed_plugin():

@@ -3,12 +3,14 @@ the Hy3 MoE settings, a name that tells the truth, and together they cover the a
 
 from __future__ import annotations
 
+import json
 import re
+import zipfile
 from dataclasses import replace
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, assert_ok, assert_one_error, run_cli, run_python
 from megatron_hy.plan import load_recipe, plan_recipe
 from megatron_hy.plan.swift_args import check_args
 
@@ -95,3 +97,61 @@ def test_smallest_full_finetune_recipes_need_their_node_count(name):
                 f"{name} fits on {nodes} nodes with TP={tp} PP={pp} EP={ep}"
             tried += 1
     assert tried >= 3
+
+
+# --- bundled recipes, by name, from any directory (issue 21) ----------------------------------------------
+
+def test_a_bundled_recipe_is_found_by_name_from_any_directory(tmp_path):
+    """From a directory that is not the checkout, `hy3 plan NAME` (and NAME.yaml, and the README's
+    recipes/NAME.yaml) finds the recipe shipped in the package."""
+    ref = json.loads(assert_ok(run_cli("plan", REPO / "recipes" / "lora-80g-1n-4k.yaml", "--json")).stdout)
+    for given in ("lora-80g-1n-4k", "lora-80g-1n-4k.yaml", "recipes/lora-80g-1n-4k.yaml"):
+        d = json.loads(assert_ok(run_cli("plan", given, "--json", cwd=tmp_path)).stdout)
+        assert d["params_by_stage"] == ref["params_by_stage"] and d["fits"], given
+    assert_one_error(run_cli("plan", "lora-80g-1n-5k", cwd=tmp_path), "lora-80g-1n-5k: recipe not found",
+                     "hy3 plan --list", "lora-80g-1n-4k")
+
+
+def test_plan_list_names_every_bundled_recipe(tmp_path):
+    text = assert_ok(run_cli("plan", "--list", cwd=tmp_path)).stdout
+    d = json.loads(assert_ok(run_cli("plan", "--list", "--json", cwd=tmp_path)).stdout)
+    assert [r["name"] for r in d["recipes"]] == [p.stem for p in RECIPES]
+    for p in RECIPES:
+        line = next(ln for ln in text.splitlines() if ln.startswith(p.stem + " "))
+        assert load_recipe(p).description.splitlines()[0] in line
+
+
+def test_launch_takes_a_bundled_recipe_by_name(tmp_path, hy3_model):
+    proc = assert_ok(run_cli("launch", "lora-80g-1n-4k", "--model", hy3_model, "--dataset", "org/data",
+                             "--dry-run", cwd=tmp_path))
+    assert "megatron sft" in proc.stdout and "--tensor_model_parallel_size 8" in proc.stdout
+
+
+def test_recipes_ship_in_the_wheel(tmp_path):
+    """A wheel built from this checkout holds the recipes (megatron_hy/recipes links to recipes/, and setuptools
+    copies the files): installed outside the checkout, `hy3 plan --list` and `hy3 plan NAME` find them."""
+    import shutil
+
+    src, wheels, site = tmp_path / "src", tmp_path / "wheels", tmp_path / "site"
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, src / name)
+    for name in ("megatron_hy", "recipes"):   # the link stays a link, as git checks it out
+        shutil.copytree(REPO / name, src / name, symlinks=True, ignore=shutil.ignore_patterns("__pycache__"))
+    assert (src / "megatron_hy" / "recipes").is_symlink()
+    build = run_python("-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", wheels, src,
+                       timeout=600)
+    assert build.returncode == 0, build.stderr
+    (wheel,) = wheels.glob("megatron_hy-*.whl")
+    with zipfile.ZipFile(wheel) as z:
+        assert sorted(n for n in z.namelist() if n.startswith("megatron_hy/recipes/")) == \
+            [f"megatron_hy/recipes/{p.name}" for p in RECIPES]
+    assert_ok(run_python("-m", "pip", "install", "--no-deps", "-q", "--target", site, wheel, timeout=600))
+    env = {"PYTHONPATH": str(site)}   # ahead of the editable install of this checkout
+    where = assert_ok(run_python("-c", "import megatron_hy; print(megatron_hy.__file__)", env=env, cwd=tmp_path))
+    assert where.stdout.strip().startswith(str(site))
+    listed = json.loads(assert_ok(run_python("-m", "megatron_hy.cli", "plan", "--list", "--json", env=env,
+                                             cwd=tmp_path)).stdout)
+    assert [r["name"] for r in listed["recipes"]] == [p.stem for p in RECIPES]
+    assert all(r["path"].startswith(str(site)) for r in listed["recipes"])
+    assert_ok(run_python("-m", "megatron_hy.cli", "plan", "lora-80g-1n-4k", env=env, cwd=tmp_path))

@@ -5,8 +5,12 @@ drawn config (tests/property_jobs.py)."""
 
 from __future__ import annotations
 
+import pytest
+
 from megatron_hy.megatron.harness import run_distributed
 from property_jobs import PLAIN, SMALL, property_round_trips
+
+pytestmark = pytest.mark.megatron
 
 MAX_EXAMPLES = 8
 

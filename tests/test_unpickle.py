@@ -94,16 +94,31 @@ def metadata_with(payload):
     return Metadata(state_dict_metadata={"x": BytesStorageMetadata(), "evil": payload})
 
 
-@pytest.mark.parametrize("how", ["system", "open"])
-def test_payload_in_dcp_metadata_is_refused(tiny_inner, mcore_adapter, tmp_path, capsys, how):
-    marker = tmp_path / "pwned"
-    ck = shutil.copytree(mcore_adapter, tmp_path / "ck")
+@pytest.fixture(scope="module")
+def mcore_model(tiny_inner, tmp_path_factory):
+    from megatron_hy.convert.hf_to_mcore import hf_to_mcore
+
+    out = tmp_path_factory.mktemp("models") / "mcore"
+    hf_to_mcore(tiny_inner, out, quiet=True)
+    return out
+
+
+def with_payload_metadata(src, dst, payload):
+    ck = shutil.copytree(src, dst)
     meta = ck / "iter_0000001" / ".metadata"
-    meta.write_bytes(pickle.dumps(metadata_with(Payload(marker, how))))
-    assert_live(lambda: pickle.loads(meta.read_bytes()), marker)
+    meta.write_bytes(pickle.dumps(metadata_with(payload)))
+    return ck, meta
+
+
+@pytest.mark.parametrize("how", ["system", "open"])
+def test_payload_in_dcp_metadata_is_refused(tiny_inner, mcore_model, mcore_adapter, tmp_path, capsys, how):
+    marker = tmp_path / "pwned"
+    model, model_meta = with_payload_metadata(mcore_model, tmp_path / "model", Payload(marker, how))
+    adapter, adapter_meta = with_payload_metadata(mcore_adapter, tmp_path / "adapter", Payload(marker, how))
+    assert_live(lambda: pickle.loads(model_meta.read_bytes()), marker)
     out = tmp_path / "out"
-    for cmd in (["convert", "mcore-to-hf", ck, out, "--hf-config", tiny_inner],
-                ["lora", "merge", "--base", tiny_inner, "--adapter", ck, out]):
+    for cmd, meta in ((["convert", "mcore-to-hf", model, out, "--hf-config", tiny_inner], model_meta),
+                      (["lora", "merge", "--base", tiny_inner, "--adapter", adapter, out], adapter_meta)):
         assert_one_error(hy3(capsys, *cmd), str(meta), "refused to unpickle", NAMES[how])
         assert not marker.exists() and not out.exists()
 
@@ -137,3 +152,39 @@ def test_torch_dcp_writers_metadata_loads_as_pickle_reads_it(tmp_path):
     ours, plain = load_metadata(path), pickle.loads(path.read_bytes())
     assert ours.state_dict_metadata == plain.state_dict_metadata and ours.storage_data == plain.storage_data
     assert ours.state_dict_metadata["b"].properties.dtype == torch.bfloat16
+
+
+def _dcp_with_common_state(root, state):
+    """A DCP directory holding only the `common_state` object as megatron-core 0.19 saves it (torch.save of
+    [state] as one byte item; the same bytes a real 0.19 save holds, read in test_swift_megatron.py), no common.pt."""
+    from megatron_hy.convert import dcp
+    from megatron_hy.convert.torch_dist import COMMON_STATE
+
+    root.mkdir()
+    done = dcp.write_file(root / "__0_0.distcp", [], [dcp.ObjectItem(COMMON_STATE, [state])])
+    dcp.write_metadata(root, [], [done])
+    return root
+
+
+def test_common_state_inside_the_checkpoint_is_read_without_running_code(tmp_path):
+    """megatron-core 0.19 keeps the common state (the training args among it) as an object inside the DCP: it is
+    read through the same restricted loader as common.pt, and a payload there is refused."""
+    import io
+    from argparse import Namespace
+
+    from megatron_hy.convert.torch_dist import COMMON_STATE, load_common
+
+    plain = _dcp_with_common_state(tmp_path / "plain", {"args": Namespace(tuner_type="lora", lora_rank=4), "iteration": 3})
+    state, where = load_common(plain)
+    assert vars(state["args"]) == {"tuner_type": "lora", "lora_rank": 4} and state["iteration"] == 3
+    assert where == f"{plain} ({COMMON_STATE})"
+
+    marker = tmp_path / "ran"
+    bad = _dcp_with_common_state(tmp_path / "payload", {"args": Payload(marker, "system")})
+    from megatron_hy.convert.dcp import DcpReader
+
+    blob = DcpReader(bad).object_bytes(COMMON_STATE)
+    assert_live(lambda: torch.load(io.BytesIO(blob), weights_only=False), marker)
+    with pytest.raises(Hy3Error, match="refused to unpickle: it names posix.system"):
+        load_common(bad)
+    assert not marker.exists()

@@ -181,10 +181,11 @@ def clean_env(monkeypatch):
     return monkeypatch
 
 
-def dry_run(capsys, tmp_path, recipe_text=TWO_NODES, *extra):
+def dry_run(capsys, tmp_path, model, recipe_text=TWO_NODES, *extra):
+    """`model`: a model directory the pre-flight accepts (config, tokenizer, inner layout): conftest.hy3_model."""
     recipe = tmp_path / "r.yaml"
     recipe.write_text(recipe_text)
-    return hy3(capsys, "launch", recipe, "--model", "/m", "--dataset", "org/data", "--dry-run", *extra)
+    return hy3(capsys, "launch", recipe, "--model", model, "--dataset", "org/data", "--dry-run", *extra)
 
 
 @pytest.mark.parametrize("env, message", [
@@ -200,17 +201,17 @@ def dry_run(capsys, tmp_path, recipe_text=TWO_NODES, *extra):
      "environment: SLURM_NODEID: expected an integer from 0 to 1 (SLURM_JOB_NODELIST names 2 node(s)), found 7"),
     ({"IP_LIST": "10.0.0.1,10.0.0.2", "MASTER_PORT": "0"}, "MASTER_PORT: expected an integer from 1 to 65535, found 0"),
 ], ids=["nnodes", "node_rank_text", "port_text", "rank_5", "rank_-1", "slurm_nodeid", "port_0"])
-def test_launcher_variables_are_checked_even_for_a_dry_run(tmp_path, capsys, clean_env, env, message):
+def test_launcher_variables_are_checked_even_for_a_dry_run(tmp_path, capsys, clean_env, hy3_model, env, message):
     for k, v in env.items():
         clean_env.setenv(k, v)
-    assert_one_error(dry_run(capsys, tmp_path), message)
+    assert_one_error(dry_run(capsys, tmp_path, hy3_model), message)
 
 
-def test_launcher_flags_and_recipe_values(tmp_path, capsys, clean_env):
+def test_launcher_flags_and_recipe_values(tmp_path, capsys, clean_env, hy3_model):
     clean_env.setenv("IP_LIST", "10.0.0.1,10.0.0.2")
-    assert_flag_error(dry_run(capsys, tmp_path, TWO_NODES, "--master-port", "99999"), "--master-port",
+    assert_flag_error(dry_run(capsys, tmp_path, hy3_model, TWO_NODES, "--master-port", "99999"), "--master-port",
                       "an integer from 1 to 65535")
-    assert_one_error(dry_run(capsys, tmp_path, TWO_NODES.replace("max_length: 4096", "max_length: 0")),
+    assert_one_error(dry_run(capsys, tmp_path, hy3_model, TWO_NODES.replace("max_length: 4096", "max_length: 0")),
                      "r.yaml: args: max_length: expected an integer >= 1, found 0")
     with pytest.raises(Hy3Error, match="--master-port: expected an integer from 1 to 65535, found 99999"):
         resolve_cluster("ip-list", 2, {"IP_LIST": "a,b"}, port=99999)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ..fields import COUNT, POSITIVE_INT
 from ..outputs import OUT_DIR_HELP, OVERWRITE_DIR_HELP
+from .common import RUN_HELP, add_checkpoint_flag, add_json, add_model_flag, emit, picked_checkpoint
 
 
 def register(sub) -> None:
@@ -22,6 +23,7 @@ def register(sub) -> None:
         q.add_argument("--max-shard-size", default="5GB", help="largest output shard, e.g. 5GB or 500MB (default 5GB)")
         q.add_argument("--overwrite", action="store_true", help=OVERWRITE_DIR_HELP)
         q.add_argument("--quiet", action="store_true", help="no progress output")
+        add_json(q)
         q.set_defaults(func=run_layout, to=to)
 
     q = d.add_parser("hf-to-mcore", help="HF checkpoint (either layout) to a Megatron torch_dist checkpoint, on CPU",
@@ -43,19 +45,24 @@ def register(sub) -> None:
                    help="largest data file, e.g. 2GB; files are the unit a resumed run skips (default 2GB)")
     q.add_argument("--overwrite", action="store_true", help=OVERWRITE_DIR_HELP)
     q.add_argument("--quiet", action="store_true", help="no progress output")
+    add_json(q)
     q.set_defaults(func=run_hf_to_mcore)
 
-    q = d.add_parser("mcore-to-hf", help="Megatron torch_dist checkpoint to HF safetensors, on CPU",
+    q = d.add_parser("mcore-to-hf", help="Megatron torch_dist checkpoint (or an ms-swift run) to HF safetensors, on CPU",
                      description="Read a Megatron-Core torch_dist checkpoint (ours, or one saved during training; "
                                  "optimizer state is ignored) tensor by tensor and write sharded HF safetensors with "
-                                 "an index. config.json, generation config and tokenizer files come from --hf-config.")
+                                 "an index. config.json, generation config and tokenizer files come from --model. "
+                                 "Given an ms-swift run, the newest checkpoint-N is read (it says which); a checkpoint "
+                                 "that ms-swift saved as HF safetensors (save_safetensors, without a torch_dist copy) "
+                                 "is written in the --format layout after its config is checked against --model's.")
     q.add_argument("input", metavar="MCORE_DIR", help="checkpoint directory (with latest_checkpointed_iteration.txt) "
-                                                       "or one iter_NNNNNNN directory")
+                                                       "or one iter_NNNNNNN directory" + RUN_HELP)
     q.add_argument("output", metavar="OUT", help=OUT_DIR_HELP)
-    q.add_argument("--hf-config", required=True, metavar="HF_DIR",
-                   help="HF Hy3 directory whose config.json describes the model (its tokenizer files are copied)")
+    add_model_flag(q, "HF Hy3 directory whose config.json describes the model (its tokenizer files are copied)",
+                   required=True, aliases=("--hf-config",))
     q.add_argument("--format", choices=["inner", "outer"], default="inner",
                    help="inner: one tensor per expert, as published (default); outer: fused 3D experts")
+    add_checkpoint_flag(q)
     q.add_argument("--iteration", type=COUNT, default=None, help="iteration to read (default: the tracker file's)")
     q.add_argument("--dtype", choices=["bf16", "fp32", "fp16"], default=None,
                    help="weight dtype (default: config.json's dtype; the expert bias stays fp32 as in HF Hy3)")
@@ -63,30 +70,64 @@ def register(sub) -> None:
     q.add_argument("--max-shard-size", default="5GB", help="largest output shard, e.g. 5GB or 500MB (default 5GB)")
     q.add_argument("--overwrite", action="store_true", help=OVERWRITE_DIR_HELP)
     q.add_argument("--quiet", action="store_true", help="no progress output")
+    add_json(q)
     q.set_defaults(func=run_mcore_to_hf)
 
 
 def run_layout(args) -> int:
     from ..convert.layout import convert_layout
 
-    convert_layout(args.input, args.output, args.to, workers=args.workers, max_shard_size=args.max_shard_size,
-                   overwrite=args.overwrite, quiet=args.quiet)
+    emit(args, convert_layout(args.input, args.output, args.to, workers=args.workers,
+                              max_shard_size=args.max_shard_size, overwrite=args.overwrite, quiet=args.quiet))
     return 0
 
 
 def run_hf_to_mcore(args) -> int:
     from ..convert.hf_to_mcore import hf_to_mcore
 
-    hf_to_mcore(args.input, args.output, workers=args.workers, dtype=args.dtype, padded_vocab=args.padded_vocab,
-                iteration=args.iteration, overwrite=args.overwrite, quiet=args.quiet, max_file_size=args.max_file_size,
-                in_process=True)
+    emit(args, hf_to_mcore(args.input, args.output, workers=args.workers, dtype=args.dtype,
+                           padded_vocab=args.padded_vocab, iteration=args.iteration, overwrite=args.overwrite,
+                           quiet=args.quiet, max_file_size=args.max_file_size, in_process=True))
     return 0
 
 
 def run_mcore_to_hf(args) -> int:
     from ..convert.mcore_to_hf import mcore_to_hf
+    from ..errors import Hy3Error
+    from ..swift_runs import holds_adapter, holds_hf_weights, holds_torch_dist, is_swift_checkpoint
 
-    mcore_to_hf(args.input, args.output, args.hf_config, fmt=args.format, iteration=args.iteration,
-                workers=args.workers, max_shard_size=args.max_shard_size, dtype=args.dtype,
-                overwrite=args.overwrite, quiet=args.quiet)
+    src = picked_checkpoint(args.input, args.checkpoint, args.quiet)
+    if holds_adapter(src):
+        raise Hy3Error(f"{src}: holds a LoRA adapter, not model weights; merge it with `hy3 lora merge --model "
+                       f"{args.model} --adapter {src} OUT` (or export it with `hy3 lora export-peft`)")
+    if not holds_torch_dist(src):
+        if holds_hf_weights(src) and is_swift_checkpoint(src):   # a plain HF checkpoint is no input here
+            emit(args, _from_swift_safetensors(args, src))
+            return 0
+    emit(args, mcore_to_hf(src, args.output, args.model, fmt=args.format, iteration=args.iteration,
+                           workers=args.workers, max_shard_size=args.max_shard_size, dtype=args.dtype,
+                           overwrite=args.overwrite, quiet=args.quiet))
     return 0
+
+
+def _from_swift_safetensors(args, src) -> dict:
+    """A checkpoint ms-swift saved as HF safetensors (save_safetensors, through the plugin): its weights in the
+    --format layout, with --model's config and tokenizer files, as the torch_dist path writes them."""
+    from ..config import load_config
+    from ..convert.layout import convert_layout
+    from ..convert.mcore_to_hf import carried_files
+    from ..errors import Hy3Error
+    from ..progress import log
+
+    if args.dtype is not None or args.iteration is not None:
+        raise Hy3Error(f"{src}: holds HF safetensors, not a torch_dist checkpoint: --dtype and --iteration do not "
+                       "apply (its tensors are copied as saved)")
+    from ..outputs import check_not_an_input
+
+    check_not_an_input(args.output, [args.model])
+    if load_config(src).to_transformers() != load_config(args.model).to_transformers():
+        raise Hy3Error(f"{src}/config.json describes another model than {args.model}/config.json")
+    log(f"{src} holds HF safetensors (ms-swift's save_safetensors), no torch_dist weights: copying them in the "
+        f"{args.format} layout", args.quiet)
+    return convert_layout(src, args.output, args.format, workers=args.workers, max_shard_size=args.max_shard_size,
+                          overwrite=args.overwrite, quiet=args.quiet, other_files=carried_files(args.model))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from ..errors import Hy3Error
 from ..fields import COUNT, POSITIVE_INT
 from ..outputs import OUT_DIR_HELP, OVERWRITE_DIR_HELP, OVERWRITE_FILE_HELP
+from .common import add_json, add_model_flag, add_model_operand, emit, model_operand
 
 ROW_FORMAT = ("A Hy3 row is one JSON object: {\"reasoning_effort\": \"high|low|no_think\" (optional, default "
               "no_think), \"tools\": [...] (optional), \"messages\": [{\"role\": \"system|user|assistant|tool\", "
@@ -29,11 +30,13 @@ def _add_validate(d) -> None:
     q = d.add_parser("validate", help="check rows; every problem as file:line",
                      description="Check JSON or JSONL files of Hy3 rows, streamed (any size): schema, role order, "
                                  "reasoning_effort values, reasoning_content consistency, tool-call shape, empty "
-                                 "turns, control tokens inside text. Exit 1 when any row has an error. " + ROW_FORMAT)
+                                 "turns, control tokens inside text; a file without rows is an error too. Exit 1 "
+                                 "when any row has an error. " + ROW_FORMAT)
     q.add_argument("files", nargs="+", metavar="FILE", help=".jsonl (one row per line) or .json (an array of rows)")
-    q.add_argument("--json", action="store_true", help="print every finding as one JSON object")
+    add_json(q, "print every finding as one JSON object")
     q.add_argument("--show", type=COUNT, default=50, metavar="N",
                    help="print at most N errors and N warnings, count the rest (default 50)")
+    q.add_argument("--quiet", action="store_true", help="no progress lines")
     q.set_defaults(func=run_validate)
 
 
@@ -63,6 +66,8 @@ def _add_convert(d) -> None:
     q.add_argument("--allow-bad", action="store_true",
                    help="as --skip-bad, but exit 0 when rows were refused")
     q.add_argument("--overwrite", action="store_true", help=OVERWRITE_FILE_HELP)
+    q.add_argument("--quiet", action="store_true", help="no progress lines")
+    add_json(q)
     q.set_defaults(func=run_convert)
 
 
@@ -71,7 +76,9 @@ def _add_encode(d) -> None:
                      description="Encode Hy3 rows as Hy3's chat template renders them for training and write one "
                                  "JSON line per example: input_ids, labels (-100: no loss), lengths, source "
                                  "(file:line), and position_ids when packed. The input is validated first; nothing "
-                                 "is written if any row has an error.")
+                                 "is written if any row has an error, or if the file has no rows. With "
+                                 "--swift-dataset both outputs appear together; a rerun after a kill completes "
+                                 "them.")
     q.add_argument("input", metavar="FILE", help="Hy3 rows, .jsonl or .json")
     q.add_argument("output", metavar="OUT", help="output .jsonl (written under a temporary name beside it, renamed when complete)")
     _encoder_args(q)
@@ -90,20 +97,24 @@ def _add_encode(d) -> None:
                    help="replace an existing OUT, and an existing --swift-dataset DIR that hy3 wrote as a dataset "
                         "(never an input, never a directory hy3 did not write), once the new ones are complete")
     q.add_argument("--quiet", action="store_true", help="no progress lines")
+    add_json(q)
     q.set_defaults(func=run_encode)
 
 
 def _add_stats(d) -> None:
     q = d.add_parser("stats", help="length histogram, tokens in the loss, over-length rows",
-                     description="Statistics of Hy3 rows (encoded with --tokenizer) or of `hy3 data encode` output.")
+                     description="Statistics of Hy3 rows (encoded with the tokenizer of --model) or of "
+                                 "`hy3 data encode` output. A file without rows is an error.")
     q.add_argument("input", metavar="FILE", help="Hy3 rows or encoded rows (.jsonl or .json)")
-    q.add_argument("--tokenizer", metavar="DIR", help="tokenizer directory (needed for Hy3 rows, not for encoded ones)")
+    add_model_flag(q, "the model directory, for its tokenizer (needed for Hy3 rows, not for encoded ones)",
+                   aliases=("--tokenizer",))
     q.add_argument("--variant", choices=["release", "preview"],
                    help="token set (default: from the tokenizer's bos_token)")
     q.add_argument("--loss-mode", choices=["all", "last", "per-turn"], default="all",
                    help="which assistant turns are in the loss (default all)")
     q.add_argument("--max-length", type=POSITIVE_INT, metavar="N", help="count and list examples longer than N tokens")
-    q.add_argument("--json", action="store_true", help="print one JSON object")
+    add_json(q, "print one JSON object")
+    q.add_argument("--quiet", action="store_true", help="no progress lines")
     q.set_defaults(func=run_stats)
 
 
@@ -113,7 +124,7 @@ def _add_check_template(d) -> None:
                                  "(apply_chat_template with is_training=True and the row's reasoning_effort) and "
                                  "report each row where ids or labels differ, with the text where they part. "
                                  "Exit 1 when any row disagrees.")
-    q.add_argument("model_dir", metavar="MODEL_DIR", help="directory with the tokenizer and its chat template")
+    add_model_operand(q, "model_dir", "MODEL_DIR", "directory with the tokenizer and its chat template")
     q.add_argument("input", metavar="FILE", help="Hy3 rows, .jsonl or .json")
     q.add_argument("--variant", choices=["release", "preview"],
                    help="token set (default: from the tokenizer's bos_token)")
@@ -124,6 +135,7 @@ def _add_check_template(d) -> None:
                    help="keep reasoning in turns before the last user turn: default follows the template "
                         "(only when the row has tools)")
     q.add_argument("--show", type=COUNT, default=20, metavar="N", help="print at most N disagreements (default 20)")
+    add_json(q, "print one JSON object (rows, examples, every disagreement)")
     q.set_defaults(func=run_check_template)
 
 
@@ -133,6 +145,7 @@ def _add_plugin_path(d) -> None:
                                  "ms-swift (Hy3 for mcore-bridge, and the hy3 / hy3_preview templates), for "
                                  "`megatron sft --custom_register_path $(hy3 data plugin-path) --template hy3` "
                                  "(hy3_preview for Hy3 preview).")
+    add_json(q, "print {\"plugin\": PATH} as JSON")
     q.set_defaults(func=run_plugin_path)
 
 
@@ -145,11 +158,12 @@ def _add_standin_tokenizer(d) -> None:
     q.add_argument("--variant", choices=["release", "preview"], default="release",
                    help="which token set's BOS/eos/template the tokenizer uses (default release)")
     q.add_argument("--overwrite", action="store_true", help=OVERWRITE_DIR_HELP)
+    add_json(q)
     q.set_defaults(func=run_standin)
 
 
 def _encoder_args(q) -> None:
-    q.add_argument("--tokenizer", metavar="DIR", required=True, help="tokenizer directory (the model directory)")
+    add_model_flag(q, "the model directory, for its tokenizer", required=True, aliases=("--tokenizer",))
     q.add_argument("--variant", choices=["release", "preview"],
                    help="token set (default: from the tokenizer's bos_token)")
     q.add_argument("--loss-mode", choices=["all", "last", "per-turn"], default="all",
@@ -178,7 +192,7 @@ def _encoder(args, path: str, backend: str):
 def run_validate(args) -> int:
     from ..data.validate import validate_files
 
-    rep = validate_files(args.files)
+    rep = validate_files(args.files, quiet=args.quiet)
     print(rep.to_json() if args.json else rep.to_text(args.show))
     return 0 if rep.ok else 1
 
@@ -186,9 +200,12 @@ def run_validate(args) -> int:
 def run_convert(args) -> int:
     from ..data.convert import convert_file
 
+    from ..progress import log
+
     s = convert_file(args.input, args.output, args.fmt, skip_bad=args.skip_bad or args.allow_bad,
-                     overwrite=args.overwrite)
-    print(s.text(args.output))
+                     overwrite=args.overwrite, quiet=args.quiet)
+    emit(args, s.to_json(args.output), s.text())
+    log(f"wrote {args.output}: {s.written} Hy3 rows")
     if s.refused and not args.allow_bad:
         raise Hy3Error(f"{len(s.refused)} of {s.rows} rows refused (listed above with their file:line); "
                        f"{args.output} holds the other {s.written}; pass --allow-bad to accept that with exit 0")
@@ -198,22 +215,25 @@ def run_convert(args) -> int:
 def run_encode(args) -> int:
     from ..data.output import encode_file
 
-    enc = _encoder(args, args.tokenizer, args.backend)
+    from ..progress import log
+
+    enc = _encoder(args, args.model, args.backend)
     s = encode_file(args.input, args.output, enc, max_length=args.max_length, overflow=args.overflow,
-                    pack=args.pack, swift_dataset=args.swift_dataset, quiet=args.quiet, tokenizer=args.tokenizer,
+                    pack=args.pack, swift_dataset=args.swift_dataset, quiet=args.quiet, tokenizer=args.model,
                     overwrite=args.overwrite)
-    print(s.text(args.output))
+    emit(args, s.to_json(args.output, args.swift_dataset), s.text())
+    log(f"wrote {args.output}: {s.written} encoded rows")
     if args.swift_dataset:
-        print(f"{args.swift_dataset}: ms-swift cached dataset (megatron sft --cached_dataset {args.swift_dataset} "
-              f"--custom_register_path {_plugin()} --template {'hy3_preview' if enc.ts.name == 'preview' else 'hy3'})")
+        log(f"wrote {args.swift_dataset}: ms-swift cached dataset (megatron sft --cached_dataset {args.swift_dataset} "
+            f"--custom_register_path {_plugin()} --template {'hy3_preview' if enc.ts.name == 'preview' else 'hy3'})")
     return 0
 
 
 def run_stats(args) -> int:
     from ..data.stats import stats_file, stats_json
 
-    enc = _encoder(args, args.tokenizer, "native") if args.tokenizer else None
-    st = stats_file(args.input, enc, args.max_length)
+    enc = _encoder(args, args.model, "native") if args.model else None
+    st = stats_file(args.input, enc, args.max_length, quiet=args.quiet)
     print(stats_json(st) if args.json else st.text())
     return 0
 
@@ -223,18 +243,23 @@ def run_check_template(args) -> int:
     from ..data.encode import Encoder, load_tokenizer
     from ..data.validate import require_valid
 
-    tok = load_tokenizer(args.model_dir)
+    model = model_operand(args, "model_dir", "MODEL_DIR")
+    tok = load_tokenizer(model)
     kw = dict(variant=args.variant, loss_mode=args.loss_mode, preserved_thinking=_preserved(args.preserved_thinking),
-              where=args.model_dir)
+              where=model)
     require_valid(args.input)
     res = check_template(args.input, Encoder(tok, backend="native", **kw), Encoder(tok, backend="jinja", **kw))
+    if args.json:
+        emit(args, {"ok": not res.disagreements, "rows": res.rows, "examples": res.examples,
+                    "disagreements": [str(d) for d in res.disagreements]})
+        return 0 if not res.disagreements else 1
     for d in res.disagreements[:args.show]:
         print(d)
     if len(res.disagreements) > args.show:
         print(f"... and {len(res.disagreements) - args.show} more")
     verdict = "OK" if not res.disagreements else "DISAGREE"
     print(f"{verdict}: {res.rows} rows, {res.examples} examples, {len(res.disagreements)} disagreements between the "
-          f"native renderer and {args.model_dir}'s chat template")
+          f"native renderer and {model}'s chat template")
     return 0 if not res.disagreements else 1
 
 
@@ -245,7 +270,7 @@ def _plugin() -> str:
 
 
 def run_plugin_path(args) -> int:
-    print(_plugin())
+    emit(args, {"plugin": _plugin()}, _plugin())
     return 0
 
 
@@ -254,8 +279,12 @@ def run_standin(args) -> int:
     from ..outputs import TOKENIZER
     from ..staging import new_dir
 
+    from ..progress import log
+
     with new_dir(args.outdir, TOKENIZER, overwrite=args.overwrite) as tmp:
         write_standin_tokenizer(tmp, variant=args.variant)
     out = args.outdir
-    print(f"{out}: stand-in Hy3 {args.variant} tokenizer (tokenizer.json, tokenizer_config.json with chat template)")
+    log(f"wrote {out}: stand-in Hy3 {args.variant} tokenizer (tokenizer.json, tokenizer_config.json with chat "
+        f"template)")
+    emit(args, {"output": str(out), "variant": args.variant})
     return 0

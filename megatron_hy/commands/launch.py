@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from ..fields import PORT, POSITIVE_FLOAT, integer
-from .plan import add_cluster_args
+from .common import add_json, add_model_flag, emit
+from .plan import RECIPE_HELP, add_cluster_args
 
 
 def register(sub) -> None:
@@ -13,11 +14,14 @@ def register(sub) -> None:
                     "recipe with `hy3 plan` first, and run this node's share (or print every node's command with "
                     "--dry-run). Nodes come from IP_LIST (rank = position of this machine's address; no SSH: run the "
                     "same command on every node), from NNODES/NODE_RANK/MASTER_ADDR, or from Slurm (srun, one task "
-                    "per node). NCCL settings: see megatron_hy/launch.py, NCCL_ENV; the recipe's `env:` adds to them.")
-    p.add_argument("recipe", metavar="RECIPE", help="recipe YAML (see recipes/)")
-    p.add_argument("--model", metavar="HF_DIR",
-                   help="Hy3 checkpoint in the published (inner) layout: config, tokenizer and, without --mcore-model, "
-                        "the weights (read through mcore-bridge) -> --model")
+                    "per node). NCCL settings: see megatron_hy/launch.py, NCCL_ENV; the recipe's `env:` adds to them. "
+                    "A dry run checks what a run checks (the model directory: config, tokenizer, inner layout; the "
+                    "datasets exist and are not empty; the output directory; IP_LIST; the plan, for --model's own "
+                    "config); a real run also checks that this node sees cluster.gpus_per_node GPUs.")
+    p.add_argument("recipe", metavar="RECIPE", help=RECIPE_HELP)
+    add_model_flag(p, "Hy3 checkpoint in the published (inner) layout: config (the plan uses it), tokenizer and, "
+                      "without --mcore-model, the weights (read through mcore-bridge) -> --model",
+                   aliases=("--hf-config",))
     p.add_argument("--mcore-model", metavar="DIR",
                    help="Megatron-Core checkpoint to start from (from `hy3 convert hf-to-mcore`) -> --mcore_model")
     p.add_argument("--mcore-adapter", metavar="DIR", help="LoRA adapter checkpoint (resume, or export) -> --mcore_adapter")
@@ -39,6 +43,8 @@ def register(sub) -> None:
     p.add_argument("--master-port", type=PORT, metavar="PORT",
                    help="rendezvous port on the master (default: $MASTER_PORT or 29500)")
     p.add_argument("--dry-run", action="store_true", help="print every node's command and environment; run nothing")
+    add_json(p, "with --dry-run: print the nodes' commands and environments (and the data encoding) as one JSON "
+                "object")
     p.add_argument("--skip-plan", action="store_true",
                    help="launch even when `hy3 plan` says the layout is invalid or does not fit")
     add_cluster_args(p)
@@ -50,15 +56,15 @@ def run(args) -> int:
     import shutil
     import sys
 
-    from ..config import load_config
     from ..errors import Hy3Error
-    from ..launch import format_dry_run, megatron_argv, node_commands, resolve_cluster
+    from ..launch import (check_dataset, check_gpus, check_model_dir, check_output_dir, format_dry_run, megatron_argv,
+                          node_commands, resolve_cluster)
+    from ..launch_data import encode_all, plan_data, template_for, wait_for
     from ..plan import format_plan, load_recipe, plan_recipe, with_overrides
     from ..plan.swift_args import check_args
 
-    from ..launch_data import encode_all, plan_data, template_for, wait_for
-    from ..outputs import check_not_an_input
-
+    if args.json and not args.dry_run:
+        raise Hy3Error("--json goes with --dry-run (a real run execs megatron)")
     recipe = with_overrides(load_recipe(args.recipe), args.set, args.nodes, args.gpus_per_node, args.gpu_mem,
                             args.host_mem)
     if recipe.args.get("max_length") is not None:  # 0 would mean "no limit" to the encoder, not what was asked
@@ -66,14 +72,6 @@ def run(args) -> int:
     data = plan_data(args.dataset, args.output_dir, recipe.args) if not args.export else plan_data([], None, {})
     paths = {"model": args.model, "mcore_model": args.mcore_model, "mcore_adapter": args.mcore_adapter,
              **(data.flags() if not args.export else {"dataset": args.dataset}), "output_dir": args.output_dir}
-    if args.output_dir:  # ms-swift writes there: never into an input (outputs.py); ids of the hub are no paths
-        local = [p for p in (args.model, args.mcore_model, args.mcore_adapter, *(args.dataset or [])) if p]
-        check_not_an_input(args.output_dir, [p for p in local if os.path.exists(p)])
-    if (data.encodings or data.cached) and "template" not in recipe.args:
-        # pre-encoded rows train as they are only with the plugin's templates
-        tokenizer = args.model and os.path.isfile(os.path.join(args.model, "tokenizer_config.json"))
-        paths["template"] = template_for(args.model) if tokenizer else "hy3"
-    argv = megatron_argv(recipe, paths, args.export)
     command = "export" if args.export else "sft"
     flags = dict(recipe.args, **{k: v for k, v in paths.items() if v})
     if args.export:
@@ -91,19 +89,41 @@ def run(args) -> int:
     if problems:
         raise Hy3Error(f"`megatron {command}` would reject this: " + "; ".join(problems))
 
+    # pre-flight: what a real run checks, a dry run checks too (GPUs aside)
+    cfg = check_model_dir(args.model, need_weights=not args.mcore_model) if args.model else None
+    for flag, d in (("--mcore-model", args.mcore_model), ("--mcore-adapter", args.mcore_adapter)):
+        if d and not os.path.isdir(d):
+            raise Hy3Error(f"{flag} {d}: no such directory (expected a Megatron torch_dist checkpoint)")
+    for d in args.dataset or []:
+        check_dataset(d)
+    if args.output_dir:  # ms-swift writes there: never into an input (outputs.py); ids of the hub are no paths
+        check_output_dir(args.output_dir, [args.model, args.mcore_model, args.mcore_adapter, *(args.dataset or [])])
+    if not args.export and "template" not in recipe.args:
+        # the plugin's template: it trains a row's reasoning_effort and reasoning_content (ms-swift's hy_v3 drops them)
+        paths["template"] = template_for(args.model)
+    argv = megatron_argv(recipe, paths, args.export)
     if not args.export and not args.skip_plan:
-        cfg = load_config(args.hf_config) if args.hf_config else None
         plan = plan_recipe(recipe, cfg)
         if not plan.ok:
             print(format_plan(plan), file=sys.stderr)
-            raise Hy3Error(f"{recipe.path}: {plan.verdict}; fix the recipe (see the plan above) or pass --skip-plan")
+            what = f"{args.model}'s config.json" if cfg else "the bundled Hy3 config"
+            raise Hy3Error(f"{recipe.path}: {plan.verdict} (planned for {what}); fix the recipe (see the plan above) "
+                           f"or pass --skip-plan")
+        for kind, lines in (("warning", plan.warnings), ("note", plan.notes)):
+            for line in lines:
+                print(f"hy3 launch: {kind}: {line}", file=sys.stderr)
 
     cluster = resolve_cluster(args.launcher, recipe.cluster.nodes, dict(os.environ), args.ip_list, args.master_port)
     cmds = node_commands(recipe, cluster, argv)
     if args.dry_run:
-        if data.encodings:
+        encode = data.describe(args.model) if data.encodings else []
+        if args.json:
+            emit(args, {"recipe": recipe.path, "encode_first": encode,
+                        "nodes": [{"rank": c.rank, "host": c.host, "env": c.env, "argv": c.argv} for c in cmds]})
+            return 0
+        if encode:
             print("# node 0 first encodes the Hy3 rows into the run's directory (the other nodes wait for them):\n"
-                  + "\n".join("# " + line for line in data.describe(args.model)) + "\n")
+                  + "\n".join("# " + line for line in encode) + "\n")
         print(format_dry_run(cmds))
         return 0
     if cluster.this_rank is None:
@@ -111,6 +131,7 @@ def run(args) -> int:
                        f"set LOCAL_IP or NODE_RANK")
     if not shutil.which(argv[0]):
         raise Hy3Error(f"`{argv[0]}` is not on PATH; install ms-swift (see Dockerfile) on every node")
+    check_gpus(recipe.cluster.gpus_per_node, dict(os.environ))
     if data.encodings:
         if cluster.this_rank == 0:
             encode_all(data, args.model)

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from ..fields import POSITIVE_FLOAT, POSITIVE_INT
 from ..outputs import OUT_DIR_HELP, OVERWRITE_DIR_HELP
+from .common import (RUN_HELP, add_checkpoint_flag, add_json, add_model_flag, add_model_operand, emit, model_operand,
+                     picked_checkpoint)
 
 ADAPTER_HELP = ("adapter directory: a Megatron torch_dist adapter checkpoint (ms-swift --mcore_adapter / "
-                "--save_safetensors false), ms-swift's safetensors adapter, or an HF PEFT adapter for HYV3")
+                "--save_safetensors false), ms-swift's safetensors adapter, or an HF PEFT adapter for HYV3"
+                + RUN_HELP + "; a checkpoint with both formats is read as safetensors")
 RSLORA_HELP = ("scaling: auto (default) uses alpha/r for adapters trained with ms-swift's Megatron LoRA, whose layers "
                "ignore use_rslora, and the adapter config's use_rslora otherwise; on: alpha/sqrt(r); off: alpha/r")
 
@@ -20,8 +23,9 @@ def register(sub) -> None:
                                  "outer), streaming tensor by tensor with bounded memory; untouched tensors are copied "
                                  "byte for byte. Every target kind is supported: attention, dense MLP, shared and "
                                  "routed experts, router, MTP layer. The result passes `hy3 check`.")
-    q.add_argument("--base", required=True, metavar="HF_DIR", help="base HF Hy3 checkpoint (inner or outer layout)")
+    add_model_flag(q, "the base HF Hy3 checkpoint (inner or outer layout)", required=True, aliases=("--base",))
     q.add_argument("--adapter", required=True, metavar="DIR", help=ADAPTER_HELP)
+    add_checkpoint_flag(q)
     q.add_argument("output", metavar="OUT", help=OUT_DIR_HELP)
     q.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default=None,
                    help="weight dtype of the output (default: the base's; the router expert bias stays fp32)")
@@ -30,6 +34,7 @@ def register(sub) -> None:
     q.add_argument("--max-shard-size", default="5GB", help="largest output shard, e.g. 5GB (default 5GB)")
     q.add_argument("--overwrite", action="store_true", help=OVERWRITE_DIR_HELP)
     q.add_argument("--quiet", action="store_true", help="no progress output")
+    add_json(q)
     q.set_defaults(func=run_merge)
 
     q = s.add_parser("export-peft", help="export an adapter as a PEFT adapter for transformers' HYV3ForCausalLM",
@@ -38,18 +43,20 @@ def register(sub) -> None:
                                  "Routed experts use PEFT target_parameters on the fused 3D expert tensors. Targets "
                                  "with no PEFT equivalent (MTP layer, router) are listed by name; --strict fails on them.")
     q.add_argument("--adapter", required=True, metavar="DIR", help=ADAPTER_HELP)
-    q.add_argument("--base", required=True, metavar="HF_DIR", help="the base HF Hy3 checkpoint the adapter belongs to")
+    add_checkpoint_flag(q)
+    add_model_flag(q, "the base HF Hy3 checkpoint the adapter belongs to", required=True, aliases=("--base",))
     q.add_argument("output", metavar="OUT", help=OUT_DIR_HELP)
     q.add_argument("--rslora", choices=["auto", "on", "off"], default="auto", help=RSLORA_HELP)
     q.add_argument("--strict", action="store_true", help="fail if any LoRA target has no PEFT equivalent")
     q.add_argument("--overwrite", action="store_true", help=OVERWRITE_DIR_HELP)
     q.add_argument("--quiet", action="store_true", help="no progress output")
+    add_json(q)
     q.set_defaults(func=run_export)
 
     q = s.add_parser("make-tiny", help="write a random adapter for a (tiny) Hy3, as ms-swift's Megatron LoRA saves it",
                      description="Write random LoRA factors for the given Hy3 checkpoint in ms-swift's Megatron formats "
                                  "(torch_dist adapter checkpoint, or its safetensors export). For tests and the demo.")
-    q.add_argument("base", metavar="HF_DIR", help="the HF Hy3 checkpoint the adapter is for")
+    add_model_operand(q, "base", "HF_DIR", "the HF Hy3 checkpoint the adapter is for")
     q.add_argument("output", metavar="OUT", help=OUT_DIR_HELP)
     q.add_argument("--format", choices=["mcore", "swift-peft"], default="mcore", help="adapter format (default mcore)")
     q.add_argument("--targets", default="attention,dense,shared,experts,mtp",
@@ -61,30 +68,53 @@ def register(sub) -> None:
     q.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     q.add_argument("--zero", action="store_true", help="all-zero lora_B (a no-op adapter)")
     q.add_argument("--overwrite", action="store_true", help=OVERWRITE_DIR_HELP)
+    q.add_argument("--quiet", action="store_true", help="no `wrote` line")
+    add_json(q)
     q.set_defaults(func=run_make_tiny)
+
+
+def _adapter(args):
+    """The adapter directory: --adapter itself, or the checkpoint-N picked in an ms-swift run."""
+    from ..progress import log
+    from ..swift_runs import holds_torch_dist
+
+    from pathlib import Path
+
+    path = picked_checkpoint(args.adapter, args.checkpoint, args.quiet)
+    if path != Path(args.adapter) and not args.quiet:
+        kind = ("safetensors adapter (adapter_model.safetensors)" if (path / "adapter_config.json").is_file() else
+                "torch_dist adapter checkpoint" if holds_torch_dist(path) else None)
+        if kind:
+            log(f"reading its {kind}")
+    return path
 
 
 def run_merge(args) -> int:
     from ..lora.merge import merge_lora
 
-    merge_lora(args.base, args.adapter, args.output, dtype=args.dtype, workers=args.workers,
-               max_shard_size=args.max_shard_size, rslora=args.rslora, overwrite=args.overwrite, quiet=args.quiet)
+    emit(args, merge_lora(args.model, _adapter(args), args.output, dtype=args.dtype, workers=args.workers,
+                          max_shard_size=args.max_shard_size, rslora=args.rslora, overwrite=args.overwrite,
+                          quiet=args.quiet))
     return 0
 
 
 def run_export(args) -> int:
     from ..lora.export import export_peft
 
-    export_peft(args.adapter, args.base, args.output, rslora=args.rslora, strict=args.strict,
-                overwrite=args.overwrite, quiet=args.quiet)
+    emit(args, dict(export_peft(_adapter(args), args.model, args.output, rslora=args.rslora, strict=args.strict,
+                                overwrite=args.overwrite, quiet=args.quiet), output=str(args.output)))
     return 0
 
 
 def run_make_tiny(args) -> int:
     from ..lora.tiny import write_tiny_adapter
+    from ..progress import log
 
-    out = write_tiny_adapter(args.base, args.output, args.format, [k for k in args.targets.split(",") if k],
+    targets = [k for k in args.targets.split(",") if k]
+    out = write_tiny_adapter(model_operand(args, "base", "HF_DIR"), args.output, args.format, targets,
                              rank=args.rank, alpha=args.alpha, seed=args.seed, saved_tp=args.saved_tp, zero=args.zero,
                              overwrite=args.overwrite)
-    print(f"wrote {args.format} adapter to {out}")
+    log(f"wrote {out}: random {args.format} LoRA adapter (rank {args.rank}, targets {','.join(targets)})", args.quiet)
+    emit(args, {"output": str(out), "format": args.format, "targets": targets, "rank": args.rank,
+                "alpha": args.alpha, "seed": args.seed})
     return 0

@@ -6,6 +6,7 @@ from dataclasses import fields
 
 from ..fields import COUNT, POSITIVE_INT
 from ..outputs import OUT_DIR_HELP, OVERWRITE_DIR_HELP
+from .common import add_json, emit
 
 
 def register(sub) -> None:
@@ -25,6 +26,8 @@ def register(sub) -> None:
                    help="spelling of config.json: transformers' HYV3Config (default) or Tencent's")
     p.add_argument("--no-tokenizer", action="store_true", help="do not write the stand-in tokenizer")
     p.add_argument("--overwrite", action="store_true", help=OVERWRITE_DIR_HELP)
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    add_json(p)
     helps = {"layers": "decoder layers", "dense_layers": "leading dense (non-MoE) layers", "experts": "routed experts",
              "top_k": "experts per token", "hidden": "hidden size", "heads": "attention heads",
              "kv_heads": "key/value heads (GQA groups)", "head_dim": "head dimension", "ffn": "dense FFN size",
@@ -44,6 +47,8 @@ def run(args) -> int:
     spec = TinySpec(**{f.name: getattr(args, f.name) for f in fields(TinySpec)})
     config_from_dict(spec.config(args.dtype).to_tencent(), "make-tiny flags")  # heads vs kv heads, top-k vs experts
     out = write_tiny(args.outdir, spec, fmt=args.format, seed=args.seed, dtype=args.dtype,
-                     config_style=args.config_style, tokenizer=not args.no_tokenizer, overwrite=args.overwrite)
-    print(f"wrote tiny Hy3 ({args.format} layout) to {out}")
+                     config_style=args.config_style, tokenizer=not args.no_tokenizer, overwrite=args.overwrite,
+                     quiet=args.quiet)
+    emit(args, {"output": str(out), "format": args.format, "dtype": args.dtype, "seed": args.seed,
+                "spec": {f.name: getattr(args, f.name) for f in fields(TinySpec)}})
     return 0

@@ -4,6 +4,10 @@
 from __future__ import annotations
 
 from ..fields import POSITIVE_FLOAT, POSITIVE_INT
+from ..progress import log
+from .common import add_json, add_model_flag, emit
+
+RECIPE_HELP = ("recipe YAML, or the name of a bundled recipe (`hy3 plan --list`; found from any directory)")
 
 
 def add_cluster_args(p) -> None:
@@ -19,9 +23,6 @@ def add_cluster_args(p) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override one `megatron sft` argument of the recipe, value in YAML "
                         "(e.g. --set max_length=8192 --set recompute_modules=[core_attn,moe]); repeatable")
-    p.add_argument("--hf-config", metavar="PATH",
-                   help="Hy3 config.json (or a checkpoint directory holding one) to plan for "
-                        "(default: the bundled config of the published Hy3)")
 
 
 def register(sub) -> None:
@@ -38,13 +39,15 @@ def register(sub) -> None:
                     "of a cluster instead, keep those that fit and print the best by the step-time model "
                     "(exit 0 when one fits).")
     p.add_argument("recipe", metavar="RECIPE", nargs="?",
-                   help="recipe YAML (see recipes/); with --search, optional: its cluster and non-layout "
-                        "arguments are the starting point")
+                   help=RECIPE_HELP + "; with --search, optional: its cluster and non-layout arguments are the "
+                                      "starting point")
     add_cluster_args(p)
-    p.add_argument("--json", action="store_true",
-                   help="print one JSON object (valid, errors, params_by_stage with exact counts, memory per rank, "
-                        "host per node, step_time_model, ...; with --search: layouts best first, or reason) "
-                        "instead of the report")
+    add_model_flag(p, "the Hy3 checkpoint directory (or its config.json) to plan for (default: the bundled "
+                      "config of the published Hy3)", aliases=("--hf-config",))
+    p.add_argument("--list", action="store_true", help="list the bundled recipes (name, cluster, what they train)")
+    add_json(p, "print one JSON object (valid, errors, params_by_stage with exact counts, memory per rank, "
+                "host per node, step_time_model, ...; with --search: layouts best first, or reason; with --list: "
+                "the recipes) instead of the report")
     p.add_argument("--plot", metavar="FILE.png",
                    help="also draw per-GPU memory by kind against the GPU's capacity and the fullest node's host "
                         "memory (for --search: the top layouts side by side); a new file")
@@ -71,7 +74,7 @@ def load_planned(args):
 
     recipe = with_overrides(load_recipe(args.recipe), args.set, args.nodes, args.gpus_per_node, args.gpu_mem,
                             getattr(args, "host_mem", None))
-    cfg = load_config(args.hf_config) if args.hf_config else None
+    cfg = load_config(args.model) if args.model else None
     return plan_recipe(recipe, cfg, getattr(args, "gpu_tflops", None))
 
 
@@ -80,12 +83,33 @@ def _check_new_file(args, path: str | None, suffix: str | None = None) -> None:
     from ..plan.files import check_new
 
     if path is not None:
-        check_new(path, suffix, [args.recipe, args.hf_config])
+        check_new(path, suffix, [args.recipe, args.model])
+
+
+def run_list(args) -> int:
+    from ..plan.recipe import bundled_recipes, load_recipe
+
+    rows = []
+    for path in bundled_recipes():
+        r = load_recipe(path)
+        c = r.cluster
+        rows.append({"name": r.name, "path": str(path), "nodes": c.nodes, "gpus_per_node": c.gpus_per_node,
+                     "gpu_memory_gb": c.gpu_memory_gb, "tuner_type": r.args.get("tuner_type", "full"),
+                     "max_length": r.args.get("max_length"), "mtp_num_layers": r.args.get("mtp_num_layers"),
+                     "description": r.description.splitlines()[0] if r.description else ""})
+    text = "\n".join(f"{d['name']:<28} {d['nodes']:>2} x {d['gpus_per_node']} x {d['gpu_memory_gb']:>3g} GB  "
+                      f"{d['description']}" for d in rows)
+    emit(args, {"recipes": rows}, text + "\n(give a name to `hy3 plan`, `hy3 launch` or `hy3 plan --search`)")
+    return 0
 
 
 def run(args) -> int:
     from ..errors import Hy3Error
 
+    if args.list:
+        if args.recipe or args.search:
+            raise Hy3Error("--list takes no RECIPE and no --search")
+        return run_list(args)
     _check_new_file(args, args.plot, ".png")
     if args.search:
         return run_search(args)
@@ -102,8 +126,8 @@ def run(args) -> int:
     print(plan_json(plan) if args.json else format_plan(plan))
     if args.plot and plan.ranks:
         from ..plan.plot import plot_plan
-
         plot_plan(plan, args.plot)
+        log(f"wrote {args.plot}: per-GPU memory of every pipeline rank and the fullest node's host memory")
     return 0 if plan.ok else 1
 
 
@@ -174,7 +198,7 @@ def run_search(args) -> int:
 
     _check_new_file(args, args.write_recipe)
     spec = _search_spec(args)
-    result = search(spec, load_config(args.hf_config or DEFAULT_CONFIG))
+    result = search(spec, load_config(args.model or DEFAULT_CONFIG))
     wrote = None
     if args.write_recipe and result.layouts:
         write_recipe(args.write_recipe, recipe_text(result.layouts[0], spec))
@@ -183,14 +207,11 @@ def run_search(args) -> int:
         from ..plan.plot import plot_search
 
         plot_search(result.layouts, args.plot, f"{spec.nodes} x {spec.gpus_per_node} x {spec.gpu_memory_gb:g} GB")
-    if args.json:
-        import json
-
-        d = search_dict(result)
-        d["recipe_written"] = wrote
-        print(json.dumps(d, indent=2, default=str))
-    else:
-        print(format_search(result))
-        if wrote:
-            print(f"wrote    {wrote} (the best layout as a recipe; check it with `hy3 plan {wrote}`)")
+    d = search_dict(result)
+    d["recipe_written"] = wrote
+    emit(args, d, format_search(result))
+    if wrote:
+        log(f"wrote {wrote}: the best layout as a recipe; check it with `hy3 plan {wrote}`")
+    if args.plot and result.layouts:
+        log(f"wrote {args.plot}: the fullest GPU and node of the top {len(result.layouts)} layouts")
     return 0 if result.layouts else 1

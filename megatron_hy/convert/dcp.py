@@ -338,6 +338,20 @@ class DcpReader:
                 self._cache.popitem(last=False)
         return t
 
+    def object_bytes(self, key: str) -> bytes | None:
+        """The stored bytes of a non-tensor item (a ShardedObject's unique key), or None when there is none."""
+        info = next((v for k, v in self.meta.storage_data.items() if k.fqn == key and k.offset is None), None)
+        if info is None:
+            return None
+        path = self.root / info.relative_path
+        try:
+            blob = _pread_all(path, info.offset, info.length)
+        except OSError as e:
+            raise Hy3Error(f"{path}: cannot read ({e.strerror})") from None
+        if len(blob) != info.length:
+            raise Hy3Error(f"{path}: truncated; {key} needs bytes {info.offset}..{info.offset + info.length}")
+        return blob
+
     def read(self, key: str, offsets: tuple, sizes: tuple):
         """The region [offsets, offsets + sizes) of a global tensor, from the chunks that overlap it."""
         import torch

@@ -27,7 +27,8 @@ def plan_layout(src: HFCheckpoint, to: str) -> list[OutTensor]:
 
 def convert_layout(src_dir: str | Path, out_dir: str | Path, to: str, workers: int = 8,
                    max_shard_size: str = "5GB", overwrite: bool = False, quiet: bool = False,
-                   limits: CopyLimits = CopyLimits()) -> dict:
+                   limits: CopyLimits = CopyLimits(), other_files: list[Path] | None = None) -> dict:
+    """other_files: the config, tokenizer and other files to carry (default: the input's own)."""
     if to not in ("inner", "outer"):
         raise Hy3Error(f"unknown layout {to!r}; expected inner or outer")
     if workers < 1:
@@ -56,7 +57,7 @@ def convert_layout(src_dir: str | Path, out_dir: str | Path, to: str, workers: i
     seconds = prog.finish()
     weight_map = {t.key: n for n, g in zip(names, groups) for t in g}
     write_index(stage.partial, weight_map, total)
-    copy_other_files(src.other_files(), stage.partial)
+    copy_other_files(src.other_files() if other_files is None else other_files, stage.partial)
     stage.finish()
     log(f"wrote {out_dir}: {len(tensors)} tensors in {len(groups)} shards, {human_bytes(total)} in {seconds:.1f}s", quiet)
     return {"output": str(out_dir), "tensors": len(tensors), "shards": len(groups), "bytes": total,

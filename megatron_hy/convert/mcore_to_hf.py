@@ -107,7 +107,7 @@ def mcore_to_hf(mcore_dir: str | Path, out: str | Path, hf_config: str | Path, f
     seconds = prog.finish()
     total = sum(t.nbytes for t in tensors)
     write_index(stage.partial, {t.key: n for n, g in zip(names, groups) for t in g}, total)
-    copy_other_files(sorted(p for p in Path(hf_config).iterdir() if _carried(p)), stage.partial)
+    copy_other_files(carried_files(hf_config), stage.partial)
     write_manifest(stage.partial, f"hf-{fmt}", {"mcore_dir": str(Path(mcore_dir).resolve()), "iteration_dir": it.name},
                    _shard_checksums(stage, names))
     stage.finish()
@@ -179,6 +179,11 @@ def _shard_checksums(stage: StagedDir, names: list[str]) -> dict:
         files[n] = (stage.path(n).stat().st_size, mark.read_text().strip() if mark.exists() else file_xxh3(stage.path(n)))
         mark.unlink(missing_ok=True)
     return files
+
+
+def carried_files(hf_config) -> list[Path]:
+    """What the HF output takes from the model directory: config.json, generation config, tokenizer files."""
+    return sorted(p for p in Path(hf_config).iterdir() if _carried(p))
 
 
 def _carried(p: Path) -> bool:

@@ -6,6 +6,9 @@
     OUT/iter_0000001/common.pt                 args (TP/PP, no optimizer, no RNG), content metadata
     OUT/iter_0000001/.metadata, __*_0.distcp   the PyTorch DCP with every tensor (dcp.py)
 
+megatron-core 0.19 writes no common.pt: it keeps the same common state as one object, `common_state`, inside the
+DCP (mcore_versions.NO_COMMON_PT); `load_common` reads either.
+
 This module names those files, finds the iteration directory of a checkpoint, and writes the small
 files of one; the tensors themselves are dcp.py's.
 """
@@ -13,8 +16,11 @@ files of one; the tensors themselves are dcp.py's.
 from __future__ import annotations
 
 import json
+import re
+from argparse import Namespace
 from pathlib import Path
 
+from .. import fields
 from ..errors import Hy3Error
 from . import dcp
 
@@ -35,8 +41,57 @@ def write_iteration_files(it: Path, args, iteration: int) -> None:
     import torch
 
     common = {"args": args, "checkpoint_version": 3.0, "iteration": iteration, "content_metadata": CONTENT_METADATA}
-    torch.save(common, it / "common.pt")
+    torch.save(common, it / COMMON)
     (it / "metadata.json").write_text(json.dumps(BACKEND))
+
+
+COMMON = "common.pt"
+# The unique key of the ShardedObject megatron-core 0.19 saves the common state as (a one-element list of it).
+COMMON_STATE = "common_state/shard_0_1"
+
+
+def load_common(it: Path) -> tuple[dict | None, str]:
+    """(the common state of an iteration directory, where it was read) from common.pt or, where megatron-core
+    0.19 saved it, the `common_state` object in the DCP; (None, "") when it has neither."""
+    import io
+
+    if (it / COMMON).exists():
+        return _restricted_load(it / COMMON, it / COMMON), str(it / COMMON)
+    if not (it / dcp.METADATA).exists():
+        return None, ""
+    blob = dcp.DcpReader(it).object_bytes(COMMON_STATE)
+    if blob is None:
+        return None, ""
+    where = f"{it} ({COMMON_STATE})"
+    state = _restricted_load(io.BytesIO(blob), where, wrapped=True)
+    return state, where
+
+
+def _restricted_load(source, where, wrapped: bool = False) -> dict:
+    """torch's weights_only unpickler (tensors and plain data) admitting one class more, argparse.Namespace, which
+    megatron-core and ms-swift store the training args as. Anything else is refused, naming it: a checkpoint file
+    must not run code."""
+    import pickle
+    import warnings
+
+    import torch
+
+    try:
+        with torch.serialization.safe_globals([Namespace]), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. "Detected pickle protocol 4": the error below says it all
+            common = torch.load(source, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        named, detail = re.search(r"GLOBAL (\S+)", str(e)), re.search(r"WeightsUnpickler error:\s*(.+)", str(e))
+        what = f"it names {named[1]}" if named else detail[1].strip() if detail else "unsupported content"
+        raise Hy3Error(f"{where}: refused to unpickle: {what}, which is not plain data (expected the training "
+                       f"args, iteration and metadata only); a checkpoint file must not run code") from None
+    except Exception as e:  # noqa: BLE001 - a truncated or foreign file: one message for the user
+        raise Hy3Error(f"{where}: unreadable ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+    if wrapped:  # megatron-core saves the common state object as [state]
+        if not (isinstance(common, list) and len(common) == 1):
+            raise Hy3Error(f"{where}: expected the common state as a one-element list, found {type(common).__name__}")
+        common = common[0]
+    return fields.mapping(common, str(where), "contents")
 
 
 def find_iteration_dir(root: str | Path, iteration: int | None = None) -> Path:

@@ -20,8 +20,10 @@ from pathlib import Path
 
 from ..errors import Hy3Error
 from ..outputs import check_file, temp_file
+from ..progress import Progress
 from .reader import read_records
 from .rows import MESSAGE_KEYS, parse_row
+from .validate import EMPTY
 
 FORMATS = ("sharegpt", "hunyuan-legacy", "alpaca")
 USER_ROLES = {"human": "user", "user": "user"}
@@ -52,11 +54,16 @@ class ConvertSummary:
     def written(self) -> int:
         return self.kept + self.converted
 
-    def text(self, out: Path | None) -> str:
-        could = "" if out else "could be "
+    def to_json(self, out: Path | None) -> dict:
+        return {"output": str(out) if out else None, "rows": self.rows, "kept": self.kept,
+                "converted": self.converted, "written": self.written if out else 0, "refused": self.refused,
+                "kept_under_meta": dict(sorted(self.moved.items()))}
+
+    def text(self, written: bool = True) -> str:
+        could = "" if written else "could be "
         counts = (f"{self.rows} rows read: {self.kept} {could}kept as given (already Hy3 rows), {self.converted} "
                   f"{could}converted, {len(self.refused)} refused")
-        lines = [f"{out}: {counts}" if out else counts]
+        lines = [counts]
         if self.moved:
             lines.append("keys with no place in a Hy3 row, kept under 'meta': "
                          + ", ".join(f"{k} ({n} rows)" for k, n in sorted(self.moved.items())))
@@ -71,8 +78,9 @@ class ConvertSummary:
 
 
 def convert_file(src: str | Path, out: str | Path, fmt: str, skip_bad: bool = False,
-                 overwrite: bool = False) -> ConvertSummary:
-    """Write the rows of `src` that convert to `out`; with any row refused, write nothing unless `skip_bad`."""
+                 overwrite: bool = False, quiet: bool = True) -> ConvertSummary:
+    """Write the rows of `src` that convert to `out`; with any row refused, write nothing unless `skip_bad`.
+    A file without rows, or without one row that converts, is an error: nothing is written."""
     if fmt not in FORMATS:
         raise Hy3Error(f"--from must be one of {', '.join(FORMATS)}, not {fmt!r}")
     src, out = Path(src), Path(out)
@@ -80,10 +88,13 @@ def convert_file(src: str | Path, out: str | Path, fmt: str, skip_bad: bool = Fa
     convert = {"sharegpt": from_sharegpt, "hunyuan-legacy": from_hunyuan_legacy, "alpaca": from_alpaca}[fmt]
     summary = ConvertSummary()
     out.parent.mkdir(parents=True, exist_ok=True)
+    if not src.is_file():
+        raise Hy3Error(f"{src}: no such file")
+    prog = Progress("convert", src.stat().st_size, quiet=quiet)
     tmp = temp_file(out)
     try:
         with open(tmp, "w", encoding="utf-8") as f:
-            for rec in read_records(src):
+            for rec in read_records(src, prog.update_to):
                 summary.rows += 1
                 where, moved = f"{src}:{rec.line}", set()
                 try:
@@ -100,9 +111,15 @@ def convert_file(src: str | Path, out: str | Path, fmt: str, skip_bad: bool = Fa
                 summary.kept += kept
                 summary.converted += not kept
                 summary.moved.update(moved)
+        prog.update_to(src.stat().st_size)
+        prog.finish()
+        if not summary.rows:
+            raise Hy3Error(f"{src}: {EMPTY}; nothing written")
         if summary.refused and not skip_bad:
-            raise Hy3Error(summary.text(None) + "\nnothing written; fix the rows, or pass --skip-bad to write the "
-                                                "others (exit 1) or --allow-bad (exit 0)")
+            raise Hy3Error(summary.text(written=False) + "\nnothing written; fix the rows, or pass --skip-bad to "
+                                                         "write the others (exit 1) or --allow-bad (exit 0)")
+        if not summary.written:
+            raise Hy3Error(summary.text(written=False) + f"\nnothing written: no row of {src} converts")
         os.replace(tmp, out)
     finally:
         if tmp.exists():

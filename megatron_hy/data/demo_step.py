@@ -24,7 +24,7 @@ def step_data(ctx: dict) -> str:
     enc = Encoder(tok, where="stand-in tokenizer")
     s = encode_file(DEMO_DATA, work / "encoded.jsonl", enc, max_length=4096, quiet=True)
     if s.skipped or s.examples != rep.rows or not s.loss_tokens:
-        raise Hy3Error(f"encoding the bundled dataset: {s.text(work / 'encoded.jsonl')}")
+        raise Hy3Error(f"encoding the bundled dataset: {s.text()}")
     res = check_template(DEMO_DATA, enc, Encoder(tok, backend="jinja", where="stand-in tokenizer"))
     if res.disagreements:
         raise Hy3Error(f"native renderer and chat template disagree: {res.disagreements[0]}")

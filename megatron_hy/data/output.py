@@ -8,20 +8,21 @@ import bisect
 import json
 import os
 import shutil
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import Hy3Error
-from ..outputs import SWIFT_DATASET, check_dir, check_file, temp_file
-from ..staging import new_dir
+from ..outputs import SWIFT_DATASET, check_dir, check_file, temp_file, written_kind
+from ..progress import Progress, log
+from ..staging import kill_point, new_dir
 from .encode import Encoder, Example
 from .validate import Report, require_valid, rows
 
 OVERFLOW = ("skip", "truncate", "error")
 CHUNK_ROWS = 512
+ENCODED = ".hy3-encoded.json"  # in a dataset: the JSONL it was made from (path, bytes, checksum)
 PACK_WINDOW = 20000  # examples packed together; bounds memory on huge files
 
 
@@ -38,8 +39,14 @@ class Summary:
     dropped: list[str] = field(default_factory=list)  # truncated with no token left in the loss
     seconds: float = 0.0
 
-    def text(self, out: Path) -> str:
-        lines = [f"{out}: {self.written} rows from {self.rows} input rows ({self.examples} examples), "
+    def to_json(self, out: Path, dataset: Path | None = None) -> dict:
+        return {"output": str(out), "swift_dataset": str(dataset) if dataset else None, "rows": self.rows,
+                "examples": self.examples, "written": self.written, "tokens": self.tokens,
+                "loss_tokens": self.loss_tokens, "warnings": self.warnings, "skipped": self.skipped,
+                "truncated": self.truncated, "dropped": self.dropped, "seconds": round(self.seconds, 3)}
+
+    def text(self) -> str:
+        lines = [f"{self.written} rows from {self.rows} input rows ({self.examples} examples), "
                  f"{self.tokens} tokens, {self.loss_tokens} in the loss ({_pct(self.loss_tokens, self.tokens)}), "
                  f"{self.rows / max(self.seconds, 1e-9):.0f} rows/s"]
         for label, items in (("skipped", self.skipped), ("truncated", self.truncated),
@@ -59,7 +66,12 @@ def _pct(a: int, b: int) -> str:
 def encode_file(src: str | Path, out: str | Path, enc: Encoder, max_length: int | None = None,
                 overflow: str = "skip", pack: bool = False, swift_dataset: str | Path | None = None,
                 quiet: bool = False, tokenizer: str | Path | None = None, overwrite: bool = False) -> Summary:
-    """`tokenizer`: its directory, an input the outputs must keep clear of (outputs.py)."""
+    """`tokenizer`: its directory, an input the outputs must keep clear of (outputs.py).
+
+    With `swift_dataset`, both outputs are made complete first: the JSONL under a temporary name, the
+    dataset in its staging directory. The dataset is published first, recording the JSONL's size and
+    checksum (ENCODED), then the JSONL. A kill between the two leaves the dataset alone; the rerun encodes
+    the same bytes again, sees the dataset was made from them, and publishes the JSONL beside it."""
     src, out = Path(src), Path(out)
     if overflow not in OVERFLOW:
         raise Hy3Error(f"--overflow must be one of {', '.join(OVERFLOW)}, not {overflow!r}")
@@ -67,34 +79,75 @@ def encode_file(src: str | Path, out: str | Path, enc: Encoder, max_length: int 
         raise Hy3Error("--pack needs --max-length (the length of a packed row)")
     inputs = [src, tokenizer]
     check_file(out, inputs, overwrite)
+    complete = None   # the record of a published dataset whose JSONL a killed run did not publish
     if swift_dataset:
-        check_dir(swift_dataset, SWIFT_DATASET, inputs + [out], overwrite)
-    summary = Summary(warnings=require_valid(src).count("warning"))
+        complete = _unfinished(Path(swift_dataset), out, overwrite)
+        if complete is None:
+            check_dir(swift_dataset, SWIFT_DATASET, inputs + [out], overwrite)
+    report = require_valid(src, quiet)
+    summary = Summary(warnings=report.count("warning"))
     t0 = time.monotonic()
-    next_report = t0 + 1.0
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_file(out)
     packer = _Packer(max_length) if pack else None
+    prog = Progress("encode", report.rows, quiet=quiet, unit="rows")
     try:
         with open(tmp, "w", encoding="utf-8") as f:
             for batch in _chunks(rows(src, Report()), CHUNK_ROWS):
                 for (line, _), examples in zip(batch, enc.encode_many([c for _, c in batch])):
                     summary.rows += 1
                     _add(f, f"{src}:{line}", examples, summary, packer, max_length, overflow)
-                if not quiet and time.monotonic() >= next_report:
-                    next_report = time.monotonic() + 1.0
-                    print(f"[encode] {summary.rows} rows, {summary.tokens} tokens, "
-                          f"{summary.rows / (time.monotonic() - t0):.0f} rows/s", file=sys.stderr, flush=True)
+                prog.add(len(batch))
             if packer:
                 summary.written += _write_rows(f, packer.flush())
+        prog.finish()
+        summary.seconds = time.monotonic() - t0
+        if not summary.written:
+            raise Hy3Error(f"{src}: no example left to write, nothing written:\n" + summary.text())
         check_file(out, inputs, overwrite)
+        if swift_dataset:
+            record = {"jsonl": str(out.resolve()), **_digest(tmp)}
+            if complete is None:
+                write_swift_dataset(tmp, Path(swift_dataset), packed=pack, inputs=[*inputs, out], overwrite=overwrite,
+                                    quiet=quiet, rows=summary.written, record=record)
+            elif complete != record:
+                raise Hy3Error(f"{swift_dataset}: holds a dataset encoded from other rows or settings than {out} "
+                               f"would hold now; choose another --swift-dataset or pass --overwrite")
+            else:
+                log(f"{swift_dataset}: already holds the dataset of these rows (an interrupted run published it); "
+                    f"writing {out} beside it", quiet)
+            kill_point("encode:dataset-published")
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
-    summary.seconds = time.monotonic() - t0
-    if swift_dataset:
-        write_swift_dataset(out, Path(swift_dataset), packed=pack, inputs=inputs, overwrite=overwrite)
     return summary
+
+
+def _digest(path: Path) -> dict:
+    import xxhash
+
+    h, n = xxhash.xxh3_128(), 0
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+            n += len(chunk)
+    return {"bytes": n, "xxh3_128": h.hexdigest()}
+
+
+def _unfinished(dataset: Path, out: Path, overwrite: bool) -> dict | None:
+    """The record of `dataset` (without its file list) when an earlier run published it and was killed before
+    publishing `out`: hy3 wrote it as a dataset, its record names `out`, which does not exist, and its files are
+    the ones it was published with. Else None."""
+    if overwrite or out.exists() or written_kind(dataset) != SWIFT_DATASET:
+        return None
+    try:
+        record = json.loads((dataset / ENCODED).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict) or record.get("jsonl") != str(out.resolve()):
+        return None
+    files = record.pop("files", None)
+    return record if files == _listing(dataset) else None
 
 
 def _add(f, where: str, examples: list[Example], summary: Summary, packer, max_length: int | None,
@@ -186,8 +239,24 @@ class _Packer:
         return [_row([e for e, _ in b], [w for _, w in b], packed=True) for b in bins]
 
 
-def write_swift_dataset(jsonl: Path, out: Path, packed: bool, inputs=(), overwrite: bool = False) -> Path:
-    """The encoded rows as an Arrow dataset that `megatron sft --cached_dataset` loads (save_to_disk)."""
+_ROW_HOOKS: list = []   # progress of the dataset being built (datasets pickles the generator: it cannot hold one)
+
+
+def _dataset_rows(jsonl: str, keys: str):
+    """The rows of `jsonl` with the comma-separated `keys` (a list in gen_kwargs would be split into shards)."""
+    keys = keys.split(",")
+    with open(jsonl, encoding="utf-8") as f:
+        for line in f:
+            r = json.loads(line)
+            for hook in _ROW_HOOKS:
+                hook(1)
+            yield {k: r[k] for k in keys}
+
+
+def write_swift_dataset(jsonl: Path, out: Path, packed: bool, inputs=(), overwrite: bool = False, quiet: bool = True,
+                        rows: int | None = None, record: dict | None = None) -> Path:
+    """The encoded rows as an Arrow dataset that `megatron sft --cached_dataset` loads (save_to_disk), with
+    progress in rows (of `rows`); `record` (the JSONL it was made from) is kept in it as ENCODED."""
     import datasets
 
     feats = {"input_ids": datasets.Sequence(datasets.Value("int32")),
@@ -195,19 +264,30 @@ def write_swift_dataset(jsonl: Path, out: Path, packed: bool, inputs=(), overwri
              "lengths": datasets.Value("int64"), "source": datasets.Sequence(datasets.Value("string"))}
     if packed:
         feats["position_ids"] = datasets.Sequence(datasets.Value("int32"))
-
-    def gen():
-        with open(jsonl, encoding="utf-8") as f:
-            for line in f:
-                r = json.loads(line)
-                yield {k: r[k] for k in feats}
-
+    prog = Progress("swift-dataset", rows or 0, quiet=quiet or not rows, unit="rows")
     datasets.disable_progress_bars()
     with new_dir(out, SWIFT_DATASET, [*inputs, jsonl], overwrite) as tmp:
         cache = tempfile.mkdtemp(prefix=f".{out.name}.cache-", dir=tmp.parent)
+        _ROW_HOOKS.append(prog.add)
         try:
-            ds = datasets.Dataset.from_generator(gen, features=datasets.Features(feats), cache_dir=cache)
+            # the fingerprint (state.json) from the rows' checksum, not the temporary file's name: the same rows
+            # give the same dataset, byte for byte
+            ds = datasets.Dataset.from_generator(_dataset_rows, features=datasets.Features(feats), cache_dir=cache,
+                                                 gen_kwargs={"jsonl": str(jsonl), "keys": ",".join(feats)},
+                                                 fingerprint=(record or _digest(jsonl))["xxh3_128"][:16])
+            prog.finish()
+            log(f"[swift-dataset] saving {len(ds)} rows in Arrow files", quiet)
             ds.save_to_disk(str(tmp))
         finally:
+            _ROW_HOOKS.remove(prog.add)
             shutil.rmtree(cache, ignore_errors=True)
+        if record is not None:
+            record = dict(record, files=_listing(tmp))
+            (tmp / ENCODED).write_text(json.dumps(record, indent=2) + "\n")
     return out
+
+
+def _listing(root: Path) -> dict:
+    """The dataset's files and sizes (what ENCODED records, and a rerun compares); hy3's own dot files aside."""
+    return {str(p.relative_to(root)): p.stat().st_size for p in sorted(root.rglob("*"))
+            if p.is_file() and not p.name.startswith(".")}

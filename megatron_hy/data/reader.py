@@ -33,18 +33,21 @@ def open_text(path: Path):
     return open(path, encoding="utf-8", errors="strict", newline="")
 
 
-def read_records(path: str | Path) -> Iterator[Record]:
+def read_records(path: str | Path, on_pos=None) -> Iterator[Record]:
+    """on_pos(bytes read so far), now and then: for progress against the file's size."""
     path = Path(path)
     if path.suffix == ".jsonl":
-        yield from _read_jsonl(path)
+        yield from _read_jsonl(path, on_pos)
     else:
-        yield from _read_json(path)
+        yield from _read_json(path, on_pos)
 
 
-def _read_jsonl(path: Path) -> Iterator[Record]:
+def _read_jsonl(path: Path, on_pos=None) -> Iterator[Record]:
     with open_text(path) as f:
         n = 0
         while True:
+            if on_pos and n % 1024 == 0:
+                on_pos(f.buffer.tell())
             try:
                 line = f.readline()
             except UnicodeDecodeError as e:
@@ -64,14 +67,17 @@ def _read_jsonl(path: Path) -> Iterator[Record]:
 class _Stream:
     """A growing text buffer over a file, with the line number of its first character."""
 
-    def __init__(self, f):
+    def __init__(self, f, on_pos=None):
         self.f, self.buf, self.pos, self.line, self.eof = f, "", 0, 1, False
         self.want = CHUNK
+        self.on_pos = on_pos
 
     def more(self) -> bool:
         if self.eof:
             return False
         chunk = self.f.read(self.want)
+        if self.on_pos:
+            self.on_pos(self.f.buffer.tell())
         self.want = min(self.want * 2, 1 << 28)  # grow so a huge element costs few re-parses
         if not chunk:
             self.eof = True
@@ -113,10 +119,10 @@ class _Stream:
                 return Record(line, error=f"invalid JSON: {e.msg}")
 
 
-def _read_json(path: Path) -> Iterator[Record]:
+def _read_json(path: Path, on_pos=None) -> Iterator[Record]:
     decoder = json.JSONDecoder()
     with open_text(path) as f:
-        s = _Stream(f)
+        s = _Stream(f, on_pos)
         try:
             first = s.skip(_WS)
             if first is None:

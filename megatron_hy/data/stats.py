@@ -10,9 +10,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import Hy3Error
+from ..progress import Progress
 from .encode import IGNORE, Encoder
 from .reader import read_records
-from .validate import Report, require_valid, rows
+from .validate import EMPTY, Report, require_valid, rows
 
 
 @dataclass
@@ -69,10 +70,10 @@ class Stats:
 def is_encoded(path: Path) -> bool:
     for rec in read_records(path):
         return isinstance(rec.value, dict) and "input_ids" in rec.value
-    return False
+    raise Hy3Error(f"{path}: {EMPTY}")
 
 
-def stats_file(path: str | Path, enc: Encoder | None, max_length: int | None = None) -> Stats:
+def stats_file(path: str | Path, enc: Encoder | None, max_length: int | None = None, quiet: bool = True) -> Stats:
     path = Path(path)
     st = Stats(max_length=max_length)
     if is_encoded(path):
@@ -85,8 +86,9 @@ def stats_file(path: str | Path, enc: Encoder | None, max_length: int | None = N
             st.add(f"{path}:{rec.line}", len(v["input_ids"]), sum(1 for x in v["labels"] if x != IGNORE))
         return st
     if enc is None:
-        raise Hy3Error(f"{path} holds Hy3 rows, not encoded ones: pass --tokenizer DIR to count their tokens")
-    require_valid(path)
+        raise Hy3Error(f"{path} holds Hy3 rows, not encoded ones: pass --model MODEL_DIR (its tokenizer) to count their tokens")
+    total = require_valid(path, quiet).rows
+    prog = Progress("stats", total, quiet=quiet, unit="rows")
     batch = []
 
     def flush():
@@ -94,6 +96,7 @@ def stats_file(path: str | Path, enc: Encoder | None, max_length: int | None = N
             st.rows += 1
             for ex in examples:
                 st.add(f"{path}:{line}", len(ex), ex.loss_tokens())
+        prog.add(len(batch))
         batch.clear()
 
     for item in rows(path, Report()):
@@ -101,6 +104,7 @@ def stats_file(path: str | Path, enc: Encoder | None, max_length: int | None = N
         if len(batch) == 512:
             flush()
     flush()
+    prog.finish()
     return st
 
 

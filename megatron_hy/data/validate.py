@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Iterator
 
 from ..errors import Hy3Error
+from ..progress import Progress
 from .reader import read_records
 from .rows import Conversation, parse_row
 
@@ -74,11 +75,16 @@ class Report:
         return "\n".join(out)
 
 
-def rows(path: str | Path, report: Report) -> Iterator[tuple[int, Conversation]]:
-    """Parse a file's rows, adding every problem to `report` and yielding the good ones."""
+EMPTY = "no rows: the file is empty or holds only blank lines (expected one Hy3 row per line, or a JSON array of rows)"
+
+
+def rows(path: str | Path, report: Report, on_pos=None) -> Iterator[tuple[int, Conversation]]:
+    """Parse a file's rows, adding every problem to `report` (a file without rows is one) and yielding the
+    good ones."""
     name = str(path)
     report.files.append(name)
-    for rec in read_records(path):
+    before = report.rows
+    for rec in read_records(path, on_pos):
         report.rows += 1
         if rec.error:
             report.add(Finding(name, rec.line, "error", "json", rec.error))
@@ -88,21 +94,32 @@ def rows(path: str | Path, report: Report) -> Iterator[tuple[int, Conversation]]
             report.add(Finding(name, rec.line, p.level, p.code, p.message))
         if conv is not None:
             yield rec.line, conv
+    if report.rows == before:
+        report.add(Finding(name, 1, "error", "empty", EMPTY))
 
 
-def validate_files(paths: list[str | Path]) -> Report:
-    report = Report()
+def validate_files(paths: list[str | Path], quiet: bool = True) -> Report:
+    """Every row of every file, with progress in bytes read (stderr) unless quiet."""
     for p in paths:
         if not Path(p).is_file():
             raise Hy3Error(f"{p}: no such file")
-        for _ in rows(p, report):
+    report = Report()
+    prog = Progress("validate", sum(Path(p).stat().st_size for p in paths), quiet=quiet)
+    base = 0
+    for p in paths:
+        for _ in rows(p, report, lambda pos: prog.update_to(base + pos)):
             pass
+        base += Path(p).stat().st_size
+        prog.update_to(base)
+    prog.finish()
     return report
 
 
-def require_valid(path: str | Path) -> Report:
-    """Validate a file (streamed); Hy3Error listing the errors if there are any."""
-    report = validate_files([path])
+def require_valid(path: str | Path, quiet: bool = True) -> Report:
+    """Validate a file (streamed); Hy3Error listing the errors if there are any (no rows is one)."""
+    report = validate_files([path], quiet)
+    if report.counts["error", "empty"]:
+        raise Hy3Error(f"{path}: {EMPTY}")
     if not report.ok:
         lines = [str(f) for f in report.errors[:20]]
         more = report.count("error") - len(lines)

@@ -204,43 +204,20 @@ class McoreAdapter(Adapter):
 
 
 def _swift_args(root: Path, it: Path) -> tuple[dict, str]:
-    """The training args ms-swift saved (args.json, else the args in common.pt) and the file they came from;
-    ({}, "") when there are none (the settings then come from the tensors)."""
+    """The training args ms-swift saved (args.json, else the args in the checkpoint's common state) and the file
+    they came from; ({}, "") when there are none (the settings then come from the tensors)."""
+    from ..convert.torch_dist import load_common
+
     for path in (root / "args.json", it.parent / "args.json"):
         if path.exists():
             return _json_object(path), str(path)
-    common = it / "common.pt"
-    if not common.exists():
-        return {}, ""
-    args = load_common(common).get("args")
+    common, src = load_common(it)
+    args = (common or {}).get("args")
     if args is None:
         return {}, ""
     if isinstance(args, Namespace):
         args = vars(args)
-    return fields.mapping(args, str(common), "args"), str(common)
-
-
-def load_common(path: Path) -> dict:
-    """A torch_dist checkpoint's common.pt, without running code from it: torch's weights_only unpickler
-    (tensors and plain data) admitting one class more, argparse.Namespace, which megatron-core and ms-swift
-    store the training args as. Anything else in the file is refused, naming it."""
-    import pickle
-    import warnings
-
-    import torch
-
-    try:
-        with torch.serialization.safe_globals([Namespace]), warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # e.g. "Detected pickle protocol 4": the error below says it all
-            common = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        named, detail = re.search(r"GLOBAL (\S+)", str(e)), re.search(r"WeightsUnpickler error:\s*(.+)", str(e))
-        what = f"it names {named[1]}" if named else detail[1].strip() if detail else "unsupported content"
-        raise Hy3Error(f"{path}: refused to unpickle: {what}, which is not plain data (expected the training "
-                       f"args, iteration and metadata only); a checkpoint file must not run code") from None
-    except Exception as e:  # noqa: BLE001 - a truncated or foreign file: one message for the user
-        raise Hy3Error(f"{path}: unreadable ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
-    return fields.mapping(common, str(path), "contents")
+    return fields.mapping(args, src, "args"), src
 
 
 # --- PEFT directory -----------------------------------------------------------------------------

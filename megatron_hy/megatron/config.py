@@ -135,14 +135,3 @@ def swift_moe_settings(cfg: Hy3Config) -> dict:
     if cfg.num_mtp_layers:
         settings["mtp_num_layers"] = cfg.num_mtp_layers
     return settings
-
-
-def swift_flags(cfg: Hy3Config) -> list[str]:
-    from ..plan.recipe import to_cli
-
-    args = to_cli(swift_moe_settings(cfg))
-    flags, i = [], 0
-    while i < len(args):
-        flags.append(f"{args[i]} '{args[i + 1]}'" if args[i + 1].startswith("{") else f"{args[i]} {args[i + 1]}")
-        i += 2
-    return flags

@@ -1,7 +1,8 @@
-"""Real megatron-core on a CPU: N gloo processes, Megatron's own parallel state, and the few shims
-its CUDA-only calls need. Used by parity checks, tests and the offline converters; never on GPU.
+"""Real megatron-core in N processes: Megatron's own parallel state, and on a CPU (gloo) the few shims its
+CUDA-only calls need. Used by parity checks, tests and the offline converters; the parity check also starts
+its ranks here on GPUs (NCCL, no CPU shims; megatron/device.py says what differs).
 
-Every shim below names the megatron-core 0.16 call that needs it. They are applied only inside
+Every shim below names the megatron-core 0.16 call that needs it. They are applied only inside CPU
 processes started here (`run_distributed`) or by `apply_cpu_shims()` in a CPU-only process.
 """
 
@@ -34,6 +35,17 @@ CPU_CONFIG = dict(
 
 _applied = False
 
+# Log lines of megatron-core and torch that say nothing a hy3 user can act on: megatron-core 0.19 logs that GPTModel
+# is deprecated each time one is built, and torch's CUDA build logs "No CUDA runtime is found" on a CPU.
+QUIET_LOGGERS = ("megatron.core.models.gpt.gpt_model", "torch.utils.cpp_extension")
+
+
+def quiet_logs() -> None:
+    import logging
+
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
+
 
 def apply_cpu_shims() -> None:
     global _applied
@@ -55,10 +67,8 @@ def apply_cpu_shims() -> None:
     #    torch.cuda.synchronize() after host copies; on a CPU there is nothing to wait for.
     torch.cuda.synchronize = lambda *args, **kwargs: None
 
-    # 4. moe_utils references te_general_gemm at import when transformer_engine is absent.
-    import megatron.core.transformer.moe.moe_utils as moe_utils
-    if not hasattr(moe_utils, "te_general_gemm"):
-        moe_utils.te_general_gemm = None
+    # 4. moe_utils references te_general_gemm when transformer_engine is absent (no_te_gemm).
+    no_te_gemm()
 
     # 5. CudaRNGStatesTracker.fork() (DotProductAttention dropout, MTP with sequence parallel) swaps
     #    CUDA RNG states; on CPU with dropout 0 a no-op context is equivalent.
@@ -101,18 +111,31 @@ def apply_cpu_shims() -> None:
     mappings.dist_reduce_scatter_func = reduce_scatter_into
 
 
+def no_te_gemm() -> None:
+    """megatron-core 0.16.1 `moe_utils.router_gating_linear` names `te_general_gemm`, which moe_utils defines only
+    when transformer_engine imports: without it the first MoE forward raises NameError, on a CPU or a GPU."""
+    import megatron.core.transformer.moe.moe_utils as moe_utils
+
+    if not hasattr(moe_utils, "te_general_gemm"):
+        moe_utils.te_general_gemm = None
+
+
+@contextlib.contextmanager
 def cuda_as_cpu():
     """A context in which megatron-core's training step runs on CPU tensors (CPU training runs in tests).
 
     7. Inside it, a tensor asked for on device "cuda" is made on the CPU, and `Tensor.type()` of a CPU
-       tensor reads as its CUDA type. megatron-core 0.16 needs both to train on a CPU:
-       - optimizer/optimizer.py:481, MixedPrecisionOptimizer.__init__ (every DistributedOptimizer):
+       tensor reads as its CUDA type. megatron-core needs both to train on a CPU:
+       - optimizer/optimizer.py (0.16: line 481), MixedPrecisionOptimizer.__init__ (every DistributedOptimizer):
          `torch.tensor([0], dtype=torch.int, device='cuda')` (`_dummy_overflow_buf`, `_scale_one`);
-       - optimizer/distrib_optimizer.py:431, `_build_model_and_main_param_groups`: raises TypeError unless
-         `param.type()` is 'torch.cuda.FloatTensor', 'torch.cuda.HalfTensor' or 'torch.cuda.BFloat16Tensor';
+       - optimizer/distrib_optimizer.py (0.16: line 431), `_build_model_and_main_param_groups`: raises TypeError
+         unless `param.type()` is 'torch.cuda.FloatTensor', 'torch.cuda.HalfTensor' or 'torch.cuda.BFloat16Tensor';
        - pipeline_parallel/schedules.py, every forward_backward_* function:
          `total_num_tokens = torch.zeros([], dtype=torch.int, device="cuda")`.
-       Nothing else changes: the optimizer, its sharding and the schedules are megatron-core's own.
+    8. `torch.cuda.current_stream()` is a stream that waits for nothing: megatron-core 0.19's
+       param_and_grad_buffer.py `start_grad_sync` asks for it to wait on CUDA-graph events before reducing
+       gradients; a CPU computes in order, so there is nothing to wait for.
+    Nothing else changes: the optimizer, its sharding and the schedules are megatron-core's own.
     """
     import torch
     from torch.overrides import TorchFunctionMode
@@ -127,7 +150,20 @@ def cuda_as_cpu():
                 out = "torch.cuda." + out[len("torch."):]
             return out
 
-    return CudaAsCpu()
+    class InOrderStream:
+        def wait_event(self, event):
+            pass
+
+        def wait_stream(self, stream):
+            pass
+
+    saved = torch.cuda.current_stream
+    torch.cuda.current_stream = lambda *args, **kwargs: InOrderStream()
+    try:
+        with CudaAsCpu():
+            yield
+    finally:
+        torch.cuda.current_stream = saved
 
 
 def causal_mask(seq: int):
@@ -170,14 +206,19 @@ _PRELOAD = ["torch", "torch.distributed", "megatron.core.models.gpt", "megatron.
 _SERVER_ENV = {"OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
 
 
-def _context():
+def _context(device: str = "cpu"):
     """The multiprocessing context whose workers are forked from one clean server process.
 
     The server is a new interpreter started on first use; it imports _PRELOAD and nothing else, and lives as
     long as this process, so every later run_distributed starts its ranks without importing anything again.
+    GPU ranks start as fresh interpreters instead ("spawn"): a process forked after CUDA was initialized in
+    its parent cannot use CUDA, and importing megatron-core may query the GPUs.
     """
     import multiprocessing as mp
     from multiprocessing import forkserver
+
+    if device != "cpu":
+        return mp.get_context("spawn")
 
     ctx = mp.get_context("forkserver")
     ctx.set_forkserver_preload(_PRELOAD)
@@ -194,25 +235,31 @@ def _context():
     return ctx
 
 
-def _child(rank: int, world: int, port: int, fn: Callable, args: tuple, queue, env: dict, cwd: str) -> None:
+def _child(rank: int, world: int, port: int, fn: Callable, args: tuple, queue, env: dict, cwd: str,
+           device: str = "cpu") -> None:
     # A forked worker starts with the fork server's environment and directory: take the caller's, as a
     # freshly started process would have.
     os.environ.clear()
     os.environ.update(env)
     os.chdir(cwd)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
-                      LOCAL_RANK=str(rank), CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1",
+                      LOCAL_RANK=str(rank), OMP_NUM_THREADS="1",
                       TRANSFORMERS_VERBOSITY="error", TOKENIZERS_PARALLELISM="false")
+    if device == "cpu":
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
     import warnings
 
     warnings.filterwarnings("ignore")
+    quiet_logs()
     try:
         import torch
         import torch.distributed as dist
 
+        from .device import start_rank
+
         torch.set_num_threads(1)
-        apply_cpu_shims()
-        dist.init_process_group("gloo", rank=rank, world_size=world)
+        backend = start_rank(device, rank)
+        dist.init_process_group(backend, rank=rank, world_size=world)
         result = fn(rank, world, *args)
         # Plain bytes: tensors put on a Queue travel as shared-memory handles that die with this process.
         buf = io.BytesIO()
@@ -232,17 +279,18 @@ def _child(rank: int, world: int, port: int, fn: Callable, args: tuple, queue, e
             pass
 
 
-def run_distributed(fn: Callable, world: int, *args, timeout: float = 900) -> list[Any]:
-    """Run fn(rank, world, *args) in `world` fresh processes over gloo; return each rank's result.
+def run_distributed(fn: Callable, world: int, *args, timeout: float = 900, device: str = "cpu") -> list[Any]:
+    """Run fn(rank, world, *args) in `world` fresh processes; return each rank's result.
 
+    device "cpu": over gloo with the CPU shims; "cuda": rank r on GPU r, over NCCL (megatron/device.py).
     fn must be importable (a module-level function) and its result picklable. A failure on any rank
     raises with that rank's traceback (or its one-line message for a Hy3Error).
     """
-    ctx = _context()
+    ctx = _context(device)
     queue = ctx.Queue()
     port = free_port()
     env, cwd = dict(os.environ), os.getcwd()
-    procs = [ctx.Process(target=_child, args=(r, world, port, fn, args, queue, env, cwd), daemon=False)
+    procs = [ctx.Process(target=_child, args=(r, world, port, fn, args, queue, env, cwd, device), daemon=False)
              for r in range(world)]
     for p in procs:
         p.start()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 
 from ..config import Hy3Config
+from ..mcore_versions import MOE_SPEC_IS_PARTIAL, since
 from .config import gpt_model_kwargs, transformer_config_kwargs
 
 
@@ -35,7 +36,8 @@ def make_transformer_config(cfg: Hy3Config, **overrides):
 def _is_moe(spec) -> bool:
     from megatron.core.transformer.moe.moe_layer import MoELayer
 
-    return getattr(spec.submodules.mlp, "module", None) is MoELayer
+    mlp = spec.submodules.mlp
+    return (getattr(mlp, "func", None) if since(MOE_SPEC_IS_PARTIAL) else getattr(mlp, "module", None)) is MoELayer
 
 
 def _te_keys(spec):

@@ -7,7 +7,10 @@
   an error; mcore-bridge's MoE training defaults (aux loss, bias updates) become Hy3's.
 - `Hy3Bridge`, mcore-bridge's GPTBridge with Hy3's key names taken from the mapping table: the MTP
   final norm under Tencent's `final_layernorm.weight`, and router, expert bias, shared expert and
-  experts in the layout of the checkpoint at hand (inner or outer, on load and on export).
+  experts in the layout of the checkpoint at hand (inner or outer, on load and on export). An export
+  gives each tensor the dtype it has in that HF checkpoint (its safetensors headers), as
+  `hy3 convert mcore-to-hf` does: megatron-core keeps the router's expert bias in fp32, and without
+  this a bf16 bias would come back fp32 from `megatron export --to_hf` and `save_safetensors`.
 - `register()`: `register_model(ModelMeta("hy_v3", ...), exist_ok=True)`, replacing mcore-bridge's
   own hy_v3 entry for this process.
 """
@@ -152,7 +155,21 @@ class Hy3Bridge(GPTBridge):
             if ck.config.to_transformers() != self.hy3.to_transformers():
                 raise Hy3Error(f"{hf_model_dir}: its config.json is not the one this model was built from")
             self._use_layout(ck.layout)
+            self._source = Path(hf_model_dir)
         return super().load_weights(mg_models, hf_model_dir, peft_format, adapter_name, converter)
+
+    def source_dtypes(self) -> dict:
+        """Each tensor's dtype in the HF checkpoint the model came from (the one load_weights read, else the
+        one config.json was read from), from its safetensors headers; {} when no weights are at hand."""
+        root = getattr(self, "_source", None) or _checkpoint_dir(self.config.hf_config)
+        if root is None or not any(Path(root).glob("*.safetensors")):
+            return {}
+        if getattr(self, "_dtypes_of", None) != root:
+            from ..safetensors_io import open_checkpoint
+
+            self._dtypes = {k: info.dtype for k, info in open_checkpoint(root, strict=False).tensors.items()}
+            self._dtypes_of = root
+        return self._dtypes
 
     def _set_router(self, mg_mlp, hf_state_dict, to_mcore, **kwargs):
         if self._peft_format:
@@ -169,11 +186,18 @@ class Hy3Bridge(GPTBridge):
         return False, False
 
     def export_weights(self, mg_models, *args, **kwargs):
+        from ..safetensors_io import FLOAT_DTYPES, dtype_name, torch_dtype
+
         peft = kwargs.get("peft_format", args[2] if len(args) > 2 else False)
+        dtypes = {} if peft else self.source_dtypes()
         for k, v in super().export_weights(mg_models, *args, **kwargs):
-            if not peft and v is not None and k not in self._expected:
-                raise Hy3Error(f"Hy3 export: {k} is not a tensor of a {self.layout}-layout Hy3 checkpoint "
-                               f"(mapping table); refusing to write it")
+            if not peft and v is not None:
+                if k not in self._expected:
+                    raise Hy3Error(f"Hy3 export: {k} is not a tensor of a {self.layout}-layout Hy3 checkpoint "
+                                   f"(mapping table); refusing to write it")
+                want = dtypes.get(k)
+                if want in FLOAT_DTYPES and v.is_floating_point() and dtype_name(v.dtype) != want:
+                    v = v.to(torch_dtype(want))   # the source checkpoint's dtype, as mcore-to-hf keeps it
             yield k, v
 
 

@@ -38,6 +38,21 @@ def sharded_tensors(sharded_state_dict) -> Iterator:
             continue
 
 
+def sharded_entries(sharded_state_dict) -> Iterator:
+    """Every ShardedTensor, ShardedObject and ShardedTensorFactory (unbuilt) of a nested sharded state dict."""
+    from megatron.core.dist_checkpointing.mapping import ShardedBase
+
+    stack = [sharded_state_dict]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            stack.extend(node.values())
+        elif isinstance(node, (list, tuple)):
+            stack.extend(node)
+        elif isinstance(node, ShardedBase):
+            yield node
+
+
 def model_sharded_state_dict(model) -> dict:
     """model.sharded_state_dict() with the metadata ms-swift's checkpointing passes."""
     from megatron.core import parallel_state as ps
@@ -54,16 +69,24 @@ def local_region(st) -> tuple[tuple[int, ...], tuple]:
     return pre, slices
 
 
-def load_mcore_into_model(models: list, mcore_dir: str | Path, iteration: int | None = None) -> None:
+def load_mcore_into_model(models: list, mcore_dir: str | Path, iteration: int | None = None,
+                          rename: Callable[[str], str] | None = None) -> None:
     """What ms-swift does for --mcore_model: dist_checkpointing.load into the model chunks' sharded state dicts
-    (one chunk: key `model`; with virtual pipeline stages: `model0`, `model1`, ... as Megatron names them)."""
+    (one chunk: key `model`; with virtual pipeline stages: `model0`, `model1`, ... as Megatron names them).
+
+    rename(key) gives the checkpoint's key of each of the model's tensors and objects (a model of some of the
+    checkpoint's layers, mapping.LayerSubset.mcore_key): dist_checkpointing reads just those."""
     from megatron.core import dist_checkpointing
 
     from ..convert.torch_dist import find_iteration_dir
 
     it = find_iteration_dir(mcore_dir, iteration)
     names = ["model"] if len(models) == 1 else [f"model{i}" for i in range(len(models))]
-    state = dist_checkpointing.load({n: model_sharded_state_dict(m) for n, m in zip(names, models)}, str(it))
+    request = {n: model_sharded_state_dict(m) for n, m in zip(names, models)}
+    if rename is not None:
+        for sh in sharded_entries(request):
+            sh.key = rename(sh.key)
+    state = dist_checkpointing.load(request, str(it))
     for n, m in zip(names, models):
         missing, unexpected = m.load_state_dict(state[n], strict=False)
         bad = [k for k in missing if not k.endswith("_extra_state")]
@@ -71,22 +94,31 @@ def load_mcore_into_model(models: list, mcore_dir: str | Path, iteration: int | 
             raise Hy3Error(f"{it}: the checkpoint did not provide {bad[0]}")
 
 
-def load_into_model(model, cfg: Hy3Config, read: Callable[[str], "object"], padded_vocab: int | None = None) -> int:
+def load_into_model(model, cfg: Hy3Config, read: Callable[[str], "object"], padded_vocab: int | None = None,
+                    progress: Callable[[int, int], None] | None = None) -> int:
     """Fill every parameter and buffer of a Megatron Hy3 model from HF logical tensors.
 
     read(name) returns a logical HF tensor. Returns the number of ShardedTensors filled.
     A Megatron tensor the mapping does not cover fails loudly, naming its key.
+    progress(done, total) is called as each decoder or MTP layer of this model is filled.
     """
     import torch
 
     table = {t.key: t for t in mcore_tensors(cfg, padded_vocab)}
     cache: dict = {}
     filled = 0
+    pieces = list(sharded_tensors(model_sharded_state_dict(model)))
+    layers = sorted({table[st.key].layer for st in pieces if st.key in table and table[st.key].layer is not None})
+    done: set = set()
     with torch.no_grad():
-        for st in sharded_tensors(model_sharded_state_dict(model)):
+        for st in pieces:
             t = table.get(st.key)
             if t is None:
                 raise Hy3Error(f"Megatron model tensor {st.key} is not covered by the Hy3 mapping table")
+            if progress and t.layer is not None and t.layer not in done:
+                if done:
+                    progress(len(done), len(layers))
+                done.add(t.layer)
             if st.flattened_range is not None:
                 raise Hy3Error(f"{st.key}: flattened (optimizer) shards are not model weights")
             pre, slices = local_region(st)
@@ -104,6 +136,8 @@ def load_into_model(model, cfg: Hy3Config, read: Callable[[str], "object"], padd
                 raise Hy3Error(f"{st.key}: built shape {list(piece.shape)}, Megatron expects {list(t.shape)}")
             st.data.copy_(piece[slices].to(st.data.dtype))
             filled += 1
+    if progress and done:
+        progress(len(done), len(layers))
     return filled
 
 

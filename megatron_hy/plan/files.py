@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Callable
 
 from ..errors import Hy3Error
-from ..outputs import check_file
+from ..outputs import check_file, temp_file
 
 
 def check_new(path: str | Path, suffix: str | None = None, inputs=()) -> Path:
@@ -27,9 +26,7 @@ def check_new(path: str | Path, suffix: str | None = None, inputs=()) -> Path:
 def write_new(path: str | Path, write: Callable[[Path], None]) -> None:
     """write(tmp) fills a temporary file; it then appears as `path`, or the call fails if `path` exists."""
     path = check_new(path)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(name)
+    tmp = temp_file(path, ".tmp")
     try:
         write(tmp)
         try:

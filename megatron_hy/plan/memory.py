@@ -1,15 +1,17 @@
 """Per-GPU memory of a `megatron sft` run: weights, gradients, optimizer states, activations.
 
-    total = weights + gradients + optimizer states on the GPU + ACTIVATION_CALIBRATION * activations
-            + RESERVE_GIB
+    total = weights + gradients + optimizer states on the GPU + activations at the peak + RESERVE_GIB
+    activations at the peak = ACTIVATION_CALIBRATION * (in flight * stored + rebuilt + logits)
+                              + in flight * checkpointed layer inputs + gradients
 
 Weights, gradients and optimizer states are exact element counts times bytes (Megatron keeps them in
 contiguous buffers); with optimizer CPU offload part of the optimizer states moves to the host
-(Precision.gpu_optimizer_bytes / host_optimizer_bytes; host.py adds them up per node). Activations are a
-per-token element count per layer (see `layer_elements`) times the layers and micro-batches a pipeline
-rank holds at once; that count leaves out allocator fragmentation, dispatcher and communication buffers
-and routing imbalance, which the calibration factor covers. docs/training.md derives the numbers and the
-factor.
+(Precision.gpu_optimizer_bytes / host_optimizer_bytes; host.py adds them up per node). Activations are
+per-token element counts per layer (see `layer_elements`) times the layers and micro-batches a pipeline
+rank holds at once, plus the backward of one layer on top of them: what recomputation rebuilds for it
+(`rebuilt_elements`, the whole layer under full recompute) and its activation gradients
+(`gradient_elements`). The calibration factor covers what the count misses inside a layer, measured on a
+GPU; docs/training.md derives the counts, the measurements and the fit.
 """
 
 from __future__ import annotations
@@ -22,8 +24,12 @@ from .layout import Layout, recompute_modules
 from .params import ModelParams, RankParams
 
 GIB = 2 ** 30
-# Measured peak / modelled activations of the one public Hy3 Megatron run (docs/training.md, "Calibration").
-ACTIVATION_CALIBRATION = 1.5
+# What autograd keeps / the stored count, measured on one H200 with megatron-core's Hy3 layers cast like
+# Float16Module: one layer 1.28 without recomputation, 1.20 with recompute_modules [moe]; a 1F1B first stage of 4
+# layers with 4 micro-batches in flight 1.27 to 1.31 over the selective settings (docs/training.md, "Calibration").
+# It multiplies counted activations; the layer inputs a full-recompute checkpoint keeps are exact (measured
+# 1.00) and the gradient term is a bound on its own (measured backward transients stay under it).
+ACTIVATION_CALIBRATION = 1.33
 # CUDA context, NCCL communicators and cuBLAS/TE workspaces, outside what the model accounts for.
 RESERVE_GIB = 3.0
 # What the driver reports for each sold size (nvidia-smi total), in GiB; other sizes are taken as GiB.
@@ -109,6 +115,54 @@ def layer_elements(cfg: Hy3Config, kind: str, recomputed: set[str]) -> float:
     return attn + (h if "moe" in recomputed else mlp_in) + moe + extra
 
 
+def rebuilt_elements(cfg: Hy3Config, kind: str, recomputed: set[str]) -> float:
+    """bf16 elements per token that recomputation rebuilds in one layer's backward: what the layer did not
+    keep (selective recompute; the whole layer is `layer_elements(cfg, kind, set())`)."""
+    return layer_elements(cfg, kind, set()) - layer_elements(cfg, kind, recomputed)
+
+
+def gradient_elements(cfg: Hy3Config, kind: str) -> float:
+    """bf16 activation gradients per token that the backward of one layer holds at once.
+
+    The layer's output and input gradients (2h), and inside the MLP block: for a MoE block the gradients
+    of every routed copy's expert output and expert input (2h per copy, top-k copies: the combine's gradient
+    stays whole until the last expert has used its rows, while the dispatched input's gradient fills up
+    expert by expert; a grouped GEMM holds at most fc1-output + input gradients, 2F + h < 2h per copy);
+    for the dense MLP the fc1-output and activation gradients (3 x ffn)."""
+    h = cfg.hidden_size
+    inner = 3 * cfg.intermediate_size if kind == "dense" else 2 * cfg.top_k * h
+    return 2 * h + inner
+
+
+@dataclass(frozen=True)
+class Activations:
+    """Activation bytes of one GPU at its peak: the micro-batches in flight each leave `stored` (counted)
+    and `inputs` (layer inputs kept by full-recompute checkpoints, exact), and one layer's backward adds
+    what it rebuilds (counted) and its activation gradients; the last stage adds its logits (counted)."""
+    stored: float = 0.0
+    inputs: float = 0.0
+    inflight: float = 1.0
+    rebuilt: float = 0.0
+    gradients: float = 0.0
+    logits: float = 0.0
+
+    @property
+    def count(self) -> float:
+        """Bytes before calibration."""
+        return self.inflight * (self.stored + self.inputs) + self.rebuilt + self.gradients + self.logits
+
+    @property
+    def backward(self) -> float:
+        """Bytes the backward of one layer (or recompute unit) adds at the peak."""
+        return ACTIVATION_CALIBRATION * self.rebuilt + self.gradients
+
+    @property
+    def peak(self) -> float:
+        """Bytes at the peak: what the memory total uses."""
+        return ACTIVATION_CALIBRATION * (self.inflight * self.stored + self.logits) + self.inflight * self.inputs \
+            + self.backward
+
+
 @dataclass
 class RankMemory:
     pp_rank: int
@@ -116,20 +170,28 @@ class RankMemory:
     weights: float           # bytes
     grads: float
     optimizer: float         # on the GPU
-    activations: float       # bytes, before calibration
-    inflight: float          # micro-batches (or VPP chunk passes) whose activations are held at once
+    act: Activations
     host_optimizer: float = 0.0   # bytes on the host (optimizer_cpu_offload), per GPU of this stage
     optimizer_elements: float = 0.0   # elements of this GPU's optimizer shard
 
     @property
+    def activations(self) -> float:
+        """Activation bytes at the peak before calibration."""
+        return self.act.count
+
+    @property
+    def inflight(self) -> float:
+        """Micro-batches (or VPP chunk passes) whose activations are held at once."""
+        return self.act.inflight
+
+    @property
     def total_gib(self) -> float:
-        return (self.weights + self.grads + self.optimizer + ACTIVATION_CALIBRATION * self.activations) / GIB \
-            + RESERVE_GIB
+        return (self.weights + self.grads + self.optimizer + self.act.peak) / GIB + RESERVE_GIB
 
     def breakdown_gib(self) -> dict:
         return {"weights": self.weights / GIB, "gradients": self.grads / GIB, "optimizer": self.optimizer / GIB,
-                "activations": self.activations / GIB,
-                "activations_calibrated": ACTIVATION_CALIBRATION * self.activations / GIB,
+                "activations": self.act.count / GIB, "activations_calibrated": self.act.peak / GIB,
+                "activations_backward": self.act.backward / GIB,
                 "reserve": RESERVE_GIB, "total": self.total_gib, "host_optimizer": self.host_optimizer / GIB}
 
 
@@ -161,52 +223,69 @@ def state_bytes(rp: RankParams, lay: Layout, prec: Precision, lora: bool) -> dic
             "host_optimizer": elements * prec.host_optimizer_bytes(), "elements": elements}
 
 
-def activation_bytes(cfg: Hy3Config, mp: ModelParams, lay: Layout, rp: RankParams, args: dict) -> tuple[float, float]:
-    """(activation bytes at the peak, micro-batches in flight) for pipeline rank rp.pp_rank."""
+def activation_bytes(cfg: Hy3Config, mp: ModelParams, lay: Layout, rp: RankParams, args: dict) -> Activations:
+    """Activations at the peak of pipeline rank rp.pp_rank."""
     p = rp.pp_rank
     tokens = lay.mbs * lay.seq / lay.cp
-    split = lay.tp if lay.sp else 1
-    gran = args.get("recompute_granularity", "selective")
-    modules = set(recompute_modules(args)) if gran == "selective" else set()
-    per_kind = {k: layer_elements(cfg, k, modules) * tokens * 2 / split for k in ("dense", "moe", "mtp")}
-    if gran == "full":
-        kinds = ["dense" if not mp.layers[i].expert else "moe" for i in lay.rank_layers(p)] + ["mtp"] * rp.mtp_layers
-        chunks = [len([x for x in c if isinstance(x, int) or x == "m"]) for c in lay.rank_chunks(p)]
-        stored, working = _full_recompute([per_kind[k] for k in kinds], chunks,
-                                          cfg.hidden_size * tokens * 2 / split, args)
-    else:
-        stored = rp.dense_layers * per_kind["dense"] + rp.moe_layers * per_kind["moe"] + rp.mtp_layers * per_kind["mtp"]
-        working = 0.0
+    size = tokens * 2 / (lay.tp if lay.sp else 1)      # bytes per bf16 element per token of this GPU
+    kinds = ["dense" if not mp.layers[i].expert else "moe" for i in lay.rank_layers(p)] + ["mtp"] * rp.mtp_layers
+    chunks = [len([x for x in c if isinstance(x, int) or x == "m"]) for c in lay.rank_chunks(p)]
+    stored, inputs, rebuilt, grads = stage_elements(cfg, kinds, chunks, args)
     group = args.get("microbatch_group_size_per_vp_stage") or lay.pp
-    inflight = _inflight(lay, p, group)
-    acts = inflight * stored + working
+    logits = 0.0
     if lay.rank_has(p, "L"):
         # logits in bf16 plus the fp32 copy the fused cross-entropy keeps, for the main head and each MTP head
-        heads = 1 + rp.mtp_layers
-        acts += heads * tokens * math.ceil(cfg.vocab_size / lay.tp) * 6
-    return acts, inflight
+        logits = (1 + rp.mtp_layers) * tokens * math.ceil(cfg.vocab_size / lay.tp) * 6
+    return Activations(stored * size, inputs * size, _inflight(lay, p, group), rebuilt * size, grads * size, logits)
 
 
-def _full_recompute(full: list[float], chunks: list[int], layer_input: float, args: dict) -> tuple[float, float]:
-    """(stored, working) activation bytes under recompute_granularity full, per model chunk."""
+def layer_activations(cfg: Hy3Config, kind: str, args: dict, tokens: int) -> Activations:
+    """One layer alone on a GPU, one micro-batch of `tokens` tokens (what benchmarks/gpu_moe_layer.py measures)."""
+    stored, inputs, rebuilt, grads = (x * tokens * 2 for x in stage_elements(cfg, [kind], [1], args))
+    return Activations(stored, inputs, 1.0, rebuilt, grads)
+
+
+def stage_elements(cfg: Hy3Config, kinds: list[str], chunks: list[int], args: dict) -> tuple[float, ...]:
+    """(stored, inputs, rebuilt, gradients) bf16 elements per token of one micro-batch through the layers
+    `kinds` ("dense", "moe", "mtp"), split into model chunks of the sizes `chunks`."""
+    gran = args.get("recompute_granularity", "selective")
+    if gran == "full":
+        return _full_recompute(cfg, kinds, chunks, args)
+    modules = set(recompute_modules(args)) if gran == "selective" else set()
+    return (sum(layer_elements(cfg, k, modules) for k in kinds), 0.0,
+            *_worst_backward([(rebuilt_elements(cfg, k, modules), gradient_elements(cfg, k)) for k in set(kinds)]))
+
+
+def _worst_backward(candidates: list[tuple[float, float]]) -> tuple[float, float]:
+    """The (rebuilt, gradients) pair of the layer or recompute unit whose backward adds the most."""
+    return max(candidates, key=lambda c: ACTIVATION_CALIBRATION * c[0] + c[1], default=(0.0, 0.0))
+
+
+def _full_recompute(cfg: Hy3Config, kinds: list[str], chunks: list[int], args: dict) -> tuple[float, ...]:
+    """(stored, inputs, rebuilt, gradients) elements per token under recompute_granularity full, per model
+    chunk: a recompute unit keeps its input and rebuilds all its layers in its backward; layers past the
+    first recompute_num_layers of a chunk (block method) keep their activations."""
     n = args.get("recompute_num_layers") or 1
-    stored, working, start = 0.0, 0.0, 0
+    full = {k: layer_elements(cfg, k, set()) for k in set(kinds)}
+    stored = inputs = 0.0
+    candidates, start = [], 0
     for size in chunks:
-        block = full[start:start + size]
+        block = kinds[start:start + size]
         if args.get("recompute_method") == "block":
-            stored += min(n, size) * layer_input + sum(block[min(n, size):])
-            working = max(working, max(block, default=0))
+            units = [[k] for k in block[:n]]
+            stored += sum(full[k] for k in block[n:])
+            candidates += [(0.0, gradient_elements(cfg, k)) for k in block[n:]]
         else:
-            stored += math.ceil(size / n) * layer_input
-            working = max(working, max((sum(block[i:i + n]) for i in range(0, size, n)), default=0))
+            units = [block[i:i + n] for i in range(0, size, n)]
+        inputs += len(units) * cfg.hidden_size
+        candidates += [(sum(full[k] for k in u), max(gradient_elements(cfg, k) for k in u)) for u in units]
         start += size
-    return stored, working
+    return (stored, inputs, *_worst_backward(candidates))
 
 
 def rank_memory(cfg: Hy3Config, mp: ModelParams, lay: Layout, rp: RankParams, args: dict,
                 prec: Precision, lora: bool) -> RankMemory:
     st = state_bytes(rp, lay, prec, lora)
-    acts, inflight = activation_bytes(cfg, mp, lay, rp, args)
     params = rp.total + (rp.lora_dense + rp.lora_expert if lora else 0)
-    return RankMemory(rp.pp_rank, params, st["weights"], st["grads"], st["optimizer"], acts, inflight,
-                      st["host_optimizer"], st["elements"])
+    return RankMemory(rp.pp_rank, params, st["weights"], st["grads"], st["optimizer"],
+                      activation_bytes(cfg, mp, lay, rp, args), st["host_optimizer"], st["elements"])

@@ -7,6 +7,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .. import mcore_versions
 from ..config import Hy3Config, load_config
 from . import host, memory
 from .cost import StepTime, step_time
@@ -25,6 +26,7 @@ class Plan:
     cfg: Hy3Config
     errors: list = field(default_factory=list)
     warnings: list = field(default_factory=list)
+    notes: list = field(default_factory=list)     # what the user should know that does not affect this run
     layout: Layout | None = None
     model: ModelParams | None = None
     ranks: list = field(default_factory=list)     # RankMemory per pipeline rank
@@ -103,6 +105,15 @@ def _hy3_moe_settings(args: dict, warnings: list[str]) -> None:
         warnings.append(f"moe_token_dispatcher_type is {args['moe_token_dispatcher_type']!r}; the recipes use alltoall")
 
 
+def _known_megatron_bugs(args: dict, notes: list[str], version: str | None = None) -> None:
+    """Bugs of the installed megatron-core (mcore_versions.BUGS) that these settings would meet in plain
+    megatron-core; a note, since `megatron sft` runs through mcore-bridge, which replaces the code concerned."""
+    version = version or mcore_versions.installed()
+    for bug in mcore_versions.bugs_for(mcore_versions.recipe_triggers(args), version):
+        notes.append(f"megatron-core {version} (installed; fixed in {bug.fixed}): {bug.what}; "
+                        f"{mcore_versions.SWIFT_NOT_AFFECTED}")
+
+
 def plan_recipe(recipe: Recipe, cfg: Hy3Config | None = None, tflops: float | None = None,
                 check_flags: bool = True, timed: bool = True) -> Plan:
     """Check a recipe and estimate its memory (GPU and host) and step time. The search passes
@@ -116,6 +127,7 @@ def plan_recipe(recipe: Recipe, cfg: Hy3Config | None = None, tflops: float | No
     plan.capacity_gib = memory.capacity_gib(recipe.cluster.gpu_memory_gb)
     plan.host_capacity_gib = host.host_capacity_gib(recipe.cluster.host_memory_gb)
     _hy3_moe_settings(args, plan.warnings)
+    _known_megatron_bugs(args, plan.notes)
     lay = build_layout(cfg, args, recipe.cluster.world_size, plan.errors, plan.warnings)
     plan.layout = lay
     plan.model = count_params(cfg)

@@ -13,6 +13,10 @@
       ...
 
 The leading comment block is the recipe's description (`hy3 plan` prints its first line).
+
+The recipes of the repository's `recipes/` ship inside the package (`megatron_hy/recipes` links to it;
+the wheel holds the files): wherever a command takes a recipe, a bundled recipe's name will do, from any
+directory (`hy3 plan --list` lists them).
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ CLUSTER_KEYS = {"nodes": int, "gpus_per_node": int, "gpu_memory_gb": (int, float
                 "host_memory_gb": (int, float)}
 OPTIONAL_CLUSTER_KEYS = {"gpu", "host_memory_gb"}
 TOP_KEYS = {"cluster", "env", "args"}
+BUNDLED = Path(__file__).resolve().parent.parent / "recipes"
 
 
 @dataclass(frozen=True)
@@ -82,10 +87,30 @@ def _description(text: str) -> str:
     return "\n".join(lines).strip()
 
 
-def load_recipe(path: str | Path) -> Recipe:
+def bundled_recipes() -> list[Path]:
+    return sorted(BUNDLED.glob("*.yaml"))
+
+
+def find_recipe(path: str | Path) -> Path:
+    """A recipe file: the path itself, else the bundled recipe it names (`lora-80g-1n-4k`, with or without
+    .yaml, or `recipes/lora-80g-1n-4k.yaml` as the README writes it, from any directory)."""
     p = Path(path)
-    if not p.is_file():
-        raise Hy3Error(f"{p}: recipe not found")
+    if p.is_file():
+        return p
+    parts = p.parts
+    if len(parts) == 1 or (len(parts) == 2 and parts[0] == "recipes"):
+        name = p.name if p.suffix == ".yaml" else p.name + ".yaml"
+        if (BUNDLED / name).is_file():
+            return BUNDLED / name
+    if p.exists():
+        raise Hy3Error(f"{p}: not a recipe file")
+    names = ", ".join(r.stem for r in bundled_recipes())
+    raise Hy3Error(f"{p}: recipe not found: no such file and no bundled recipe of that name "
+                   f"(`hy3 plan --list`: {names})")
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    p = find_recipe(path)
     text = p.read_text(encoding="utf-8")
     try:
         data = yaml.safe_load(text)

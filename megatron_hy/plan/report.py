@@ -26,6 +26,7 @@ def format_plan(plan: Plan) -> str:
         out.append(f"params   {_b(m.total(False))} without MTP + {_b(m.mtp)} MTP = {_b(m.total(True))} "
                    f"(routed experts {_b(m.experts)})")
     out += _memory_lines(plan) + _host_lines(plan) + _time_lines(plan)
+    out += [f"note     {n}" for n in plan.notes]
     out += [f"warning  {w}" for w in plan.warnings] + [f"error    {e}" for e in plan.errors]
     verdict = plan.verdict
     if plan.ranks:
@@ -56,8 +57,8 @@ def _memory_lines(plan: Plan) -> list[str]:
     tuner = plan.recipe.args.get("tuner_type", "full")
     f = plan.precision.offload
     offload = f"; {'all' if f >= 1 else f'{f:.0%}'} of the optimizer states on the host" if f else ""
-    out = [f"memory   per GPU, GiB ({tuner}; activations x{memory.ACTIVATION_CALIBRATION} calibration, "
-           f"+{memory.RESERVE_GIB:g} reserve{offload})",
+    out = [f"memory   per GPU, GiB ({tuner}; activations x{memory.ACTIVATION_CALIBRATION} calibration with one layer's "
+           f"backward, +{memory.RESERVE_GIB:g} reserve{offload})",
            "         rank   params   weights  grads  optim  activ.  total"]
     for rm in plan.ranks:
         b = rm.breakdown_gib()
@@ -127,6 +128,7 @@ def plan_dict(plan: Plan) -> dict:
         "verdict": plan.verdict,
         "errors": plan.errors,
         "warnings": plan.warnings,
+        "notes": plan.notes,
         "cluster": {"nodes": c.nodes, "gpus_per_node": c.gpus_per_node, "gpu_memory_gb": c.gpu_memory_gb,
                     "capacity_gib": plan.capacity_gib, "host_memory_gb": c.host_memory_gb,
                     "host_capacity_gib": plan.host_capacity_gib},
