@@ -52,7 +52,12 @@ $(STAMP019): $(UV) $(LOCK019) pyproject.toml
 demo: $(STAMP)
 	$(BIN)/hy3 demo
 
-test: test-311 test-mcore019
+# The two suites run side by side (each is mostly one busy process); with --output-sync each one's output appears
+# when it ends. TEST_JOBS=1 runs them one after the other.
+TEST_JOBS ?= 2
+test: $(STAMP) $(STAMP019)
+	@echo "make test: the Python 3.11 suite and the megatron-core 0.19 suite run at once; each prints when it ends"
+	$(MAKE) --no-print-directory -j$(TEST_JOBS) --output-sync=target test-311 test-mcore019
 
 test-311: $(STAMP)
 	$(BIN)/python -m pytest -q tests
