@@ -321,13 +321,8 @@ class DcpReader:
         info = self._where.get(ck)
         if info is None:
             raise Hy3Error(f"{self.root}: metadata lists a chunk of {key} at {list(chunk.offsets)} with no storage entry")
+        blob = self._stored_bytes(info, f"chunk of {key}")
         path = self.root / info.relative_path
-        try:
-            blob = _pread_all(path, info.offset, info.length)
-        except OSError as e:
-            raise Hy3Error(f"{path}: cannot read ({e.strerror})") from None
-        if len(blob) != info.length:
-            raise Hy3Error(f"{path}: truncated; chunk of {key} needs bytes {info.offset}..{info.offset + info.length}")
         try:
             t = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
         except Exception as e:  # noqa: BLE001
@@ -343,13 +338,16 @@ class DcpReader:
         info = next((v for k, v in self.meta.storage_data.items() if k.fqn == key and k.offset is None), None)
         if info is None:
             return None
+        return self._stored_bytes(info, key)
+
+    def _stored_bytes(self, info, what: str) -> bytes:
         path = self.root / info.relative_path
         try:
             blob = _pread_all(path, info.offset, info.length)
         except OSError as e:
             raise Hy3Error(f"{path}: cannot read ({e.strerror})") from None
         if len(blob) != info.length:
-            raise Hy3Error(f"{path}: truncated; {key} needs bytes {info.offset}..{info.offset + info.length}")
+            raise Hy3Error(f"{path}: truncated; {what} needs bytes {info.offset}..{info.offset + info.length}")
         return blob
 
     def read(self, key: str, offsets: tuple, sizes: tuple):
