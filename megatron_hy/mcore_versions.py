@@ -2,7 +2,7 @@
 
 Each difference is named once here, with the release that introduced it; code elsewhere asks `since(X)`
 (or `bugs_for(...)`) instead of comparing version numbers itself. Read from the released wheels
-(0.16.1, 0.17.0, 0.18.0, 0.18.1, 0.19.0, 0.19.2) and checked by the tests under 0.16.1 and 0.19.x.
+(0.16.1, 0.17.0, 0.18.0, 0.18.1, 0.19.0, 0.19.2) and checked by the tests under 0.16.1, 0.18.0 and 0.19.2.
 """
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import lru_cache
 
-# The range pyproject.toml admits (0.17 and later need Python >= 3.12) and the CI environments test.
+# The range pyproject.toml admits (0.17 and later need Python >= 3.12) and the releases `make test` runs.
 SUPPORTED = (0, 16, 1), (0, 20)
-TESTED = ("0.16.1", "0.19.2")
+TESTED = ("0.16.1", "0.18.0", "0.19.2")
 
 
 @dataclass(frozen=True)
