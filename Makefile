@@ -28,9 +28,9 @@ STAMP019 := $(VENV019)/.installed
 VENV018 := .venv-mcore018
 LOCK018 := requirements/py312-mcore018.lock
 STAMP018 := $(VENV018)/.installed
-# What runs under 0.18.0 too: conversion, megatron-core's own checkpoints, parity, the release's named changes.
-TESTS018 := tests/test_converters.py tests/test_dist_ckpt.py tests/test_megatron_parity.py tests/test_parity_layers.py \
-	tests/test_versions.py
+# What runs under 0.18.0 too: conversion, megatron-core's own checkpoints, whole-model parity, the release's named
+# changes (layer-subset parity and the ms-swift tests share that code; left out to keep `make test` within its time).
+TESTS018 := tests/test_converters.py tests/test_dist_ckpt.py tests/test_megatron_parity.py tests/test_versions.py
 UV := $(BIN)/uv
 # uv must not fetch a Python of its own; the locks are for the machine's CPython 3.11 and 3.12.
 export UV_PYTHON_DOWNLOADS := never

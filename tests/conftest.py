@@ -46,20 +46,20 @@ def assert_one_error(proc: subprocess.CompletedProcess, *must_contain: str) -> s
     return lines[0]
 
 
-# --- the two environments `make setup` builds (Python 3.11 / megatron-core 0.16.1, Python 3.12 / 0.19.x) --------
+# --- the environments `make setup` builds (Python 3.11 / megatron-core 0.16.1, Python 3.12 / 0.19.x and 0.18.0) ---
 
 ENVIRONMENTS = {"mcore016": REPO / ".venv", "mcore019": REPO / ".venv-mcore019"}
 
 
 def other_environment_hy3() -> Path:
-    """The `hy3` of the environment this test does not run in (by megatron-core release), for checks across
-    releases: a checkpoint one release wrote, converted by the other."""
+    """Another release's `hy3`, for checks across releases (a checkpoint one release wrote, converted by the
+    other): 0.16.1's under 0.17 and later (0.18.0, 0.19.x), 0.19.x's under 0.16.1."""
     from megatron_hy import mcore_versions as mv
 
     other = ENVIRONMENTS["mcore016" if mv.since(mv.MTP_LAYER_RENAMED) else "mcore019"]
     hy3 = other / "bin" / "hy3"
     if not hy3.exists():
-        pytest.fail(f"{hy3} is missing: `make setup` builds both environments")
+        pytest.fail(f"{hy3} is missing: `make setup` builds every environment")
     return hy3
 
 

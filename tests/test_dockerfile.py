@@ -1,8 +1,8 @@
-"""The install: both locks, pyproject.toml's ranges and the Dockerfile's pins agree.
+"""The install: the locks, pyproject.toml's ranges and the Dockerfile's pins agree.
 
-Two locks: Python 3.11 with megatron-core 0.16.1 (CPU torch) and Python 3.12 with megatron-core 0.19.2, the stack the
-Docker image builds. The Dockerfile cannot be built here (no GPU builder), so its pins are checked against the
-3.12 lock and the ranges."""
+Three locks: Python 3.11 with megatron-core 0.16.1 (CPU torch), Python 3.12 with megatron-core 0.19.2 (the stack the
+Docker image builds) and Python 3.12 with 0.18.0. The Dockerfile cannot be built here (no GPU builder), so its pins
+are checked against the 0.19.2 lock and the ranges."""
 
 from __future__ import annotations
 
@@ -21,8 +21,10 @@ except ModuleNotFoundError:   # Python 3.10: the dev extra brings tomli
     import tomli as tomllib
 
 DOCKERFILE = (REPO / "Dockerfile").read_text()
-LOCKS = {"3.11": REPO / "requirements" / "cpu-py311.lock", "3.12": REPO / "requirements" / "py312-mcore019.lock"}
-IMAGE_PYTHON = "3.12"
+# each lock (requirements/NAME.lock) and its Python
+LOCKS = {"cpu-py311": "3.11", "py312-mcore019": "3.12", "py312-mcore018": "3.12"}
+IMAGE_LOCK = "py312-mcore019"
+IMAGE_PYTHON = LOCKS[IMAGE_LOCK]
 LOCK_PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9_.-]*)==(\S+) \\$", re.M)
 PIN = re.compile(r"(?<![\w.-])([A-Za-z][A-Za-z0-9_.-]*)(?:\[[^\]]*\])?==([0-9][0-9A-Za-z.+-]*)")
 
@@ -39,8 +41,12 @@ def pins() -> dict[str, str]:
     return found
 
 
-def locked(python: str = IMAGE_PYTHON) -> dict[str, str]:
-    return {canonicalize_name(name): version for name, version in LOCK_PIN.findall(LOCKS[python].read_text())}
+def lock_text(name: str) -> str:
+    return (REPO / "requirements" / f"{name}.lock").read_text()
+
+
+def locked(name: str = IMAGE_LOCK) -> dict[str, str]:
+    return {canonicalize_name(pkg): version for pkg, version in LOCK_PIN.findall(lock_text(name))}
 
 
 def declared(extra: str | None = None) -> list[Requirement]:
@@ -53,39 +59,40 @@ def makefile_torch_pin() -> str:
     return re.search(r"TORCH_PIN \?= torch==(\S+)", (REPO / "Makefile").read_text()).group(1)
 
 
-@pytest.mark.parametrize("python", sorted(LOCKS))
-def test_each_lock_pins_every_declared_dependency_inside_its_range(python):
-    lock = locked(python)
+@pytest.mark.parametrize("name", sorted(LOCKS))
+def test_each_lock_pins_every_declared_dependency_inside_its_range(name):
+    lock, python = locked(name), LOCKS[name]
     for req in declared() + declared("dev"):
         if req.marker is not None and not req.marker.evaluate({"python_version": python}):
             continue
-        name = canonicalize_name(req.name)
-        assert name in lock, f"{req.name} is declared in pyproject.toml but not locked for Python {python}"
-        assert req.specifier.contains(Version(lock[name]), prereleases=True), \
-            f"{req.name}=={lock[name]} is outside {req.specifier} (Python {python})"
+        pkg = canonicalize_name(req.name)
+        assert pkg in lock, f"{req.name} is declared in pyproject.toml but not in requirements/{name}.lock"
+        assert req.specifier.contains(Version(lock[pkg]), prereleases=True), \
+            f"{req.name}=={lock[pkg]} is outside {req.specifier} (requirements/{name}.lock)"
 
 
-def test_the_locks_hold_the_two_supported_megatron_core_ends():
-    assert locked("3.11")["megatron-core"] == "0.16.1"
-    assert Version(locked("3.12")["megatron-core"]) >= Version("0.19")
+def test_the_locks_hold_the_supported_megatron_core_ends_and_nemos_release():
+    assert locked("cpu-py311")["megatron-core"] == "0.16.1"
+    assert Version(locked("py312-mcore019")["megatron-core"]) >= Version("0.19")
+    assert locked("py312-mcore018")["megatron-core"] == "0.18.0"
     # megatron-core 0.17 and later need Python 3.12: the range must say so, or pip on 3.11 would look for them
     low, high = (r for r in declared() if canonicalize_name(r.name) == "megatron-core")
     for req in (low, high):
-        for python in LOCKS:
+        for name, python in LOCKS.items():
             if req.marker.evaluate({"python_version": python}):
-                assert Version(locked(python)["megatron-core"]) in req.specifier
+                assert Version(locked(name)["megatron-core"]) in req.specifier
 
 
-@pytest.mark.parametrize("python", sorted(LOCKS))
-def test_every_locked_package_is_hash_checked_and_torch_is_pinned(python):
-    entries = re.split(r"\n(?=[A-Za-z0-9])", LOCKS[python].read_text())
+@pytest.mark.parametrize("name", sorted(LOCKS))
+def test_every_locked_package_is_hash_checked_and_torch_is_pinned(name):
+    entries = re.split(r"\n(?=[A-Za-z0-9])", lock_text(name))
     packages = [e for e in entries if LOCK_PIN.match(e)]
-    assert len(packages) == len(locked(python)) > 50
+    assert len(packages) == len(locked(name)) > 50
     for entry in packages:
         assert re.search(r"--hash=sha256:[0-9a-f]{64}", entry), f"no hash for {entry.splitlines()[0]}"
     # 3.11: the CPU wheel on disk; 3.12: the same release from the package index (a CUDA build that runs on a CPU)
-    want = makefile_torch_pin() if python == "3.11" else Version(makefile_torch_pin()).public
-    assert locked(python)["torch"] == want
+    want = makefile_torch_pin() if LOCKS[name] == "3.11" else Version(makefile_torch_pin()).public
+    assert locked(name)["torch"] == want
     assert (REPO / "requirements" / "torch-cpu.txt").read_text().strip() == f"torch=={makefile_torch_pin()}"
 
 
