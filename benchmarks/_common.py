@@ -158,8 +158,8 @@ def tensor_digests(root: Path) -> dict[str, tuple]:
     import xxhash
 
     from megatron_hy.errors import Hy3Error
-    from megatron_hy.hf_checkpoint import HFCheckpoint
-    from megatron_hy.safetensors_io import read_array
+    from megatron_hy.formats.hf_checkpoint import HFCheckpoint
+    from megatron_hy.formats.safetensors_io import read_array
 
     try:
         ck = HFCheckpoint(root)

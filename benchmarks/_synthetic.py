@@ -16,7 +16,7 @@ from pathlib import Path
 
 from megatron_hy.config import Hy3Config, load_config
 from megatron_hy.mapping import LAYER, logical_tensors
-from megatron_hy.safetensors_io import OutTensor, shard_name, write_index, write_shard
+from megatron_hy.formats.safetensors_io import OutTensor, shard_name, write_index, write_shard
 
 BUNDLED = Path(__file__).resolve().parent.parent / "megatron_hy" / "assets" / "hy3_config.json"
 BLOCK_BYTES = 64 * 1024 * 1024

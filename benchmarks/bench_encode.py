@@ -100,8 +100,10 @@ def templates(model: Path):
     from swift.template import get_template
     from swift.utils import import_external_file
 
+    from megatron_hy.swift.plugin import swift_plugin_path
+
     proc = get_processor(str(model), model_type="hy_v3", download_model=False)
-    import_external_file(str(REPO / "megatron_hy" / "data" / "swift_plugin.py"))
+    import_external_file(str(swift_plugin_path()))  # the file ms-swift imports; it registers the templates
     swift = get_template(proc, template_type="hy_v3")
     plugin = get_template(proc, template_type="hy3")
     for t in (swift, plugin):

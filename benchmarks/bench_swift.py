@@ -67,7 +67,7 @@ def theirs_child(hf: str, out: str) -> None:
     from swift.megatron.utils.megatron_lm_utils import _initialize_mpu, save_mcore_checkpoint
     from swift.utils import import_external_file
 
-    from megatron_hy.plugins import swift_plugin_path
+    from megatron_hy.swift.plugin import swift_plugin_path
     import swift_jobs
 
     import_external_file(str(swift_plugin_path()))

@@ -94,7 +94,7 @@ def planner_stage(cfg, layers: int, pp: int, microbatches: int, seq: int, settin
 
     from megatron_hy.plan.planner import plan_recipe
     from megatron_hy.plan.recipe import Cluster, Recipe
-    from megatron_hy.plan.swift_model import RECIPE_PLUGIN
+    from megatron_hy.swift.recipe import RECIPE_PLUGIN
 
     n = layers * pp
     model = dataclasses.replace(cfg, num_layers=n, layer_types=("dense",) + ("sparse",) * (n - 1))

@@ -12,7 +12,7 @@
 # loader would drop reasoning_effort and reasoning_content) and trained as --cached_dataset with the
 # plugin's hy3 template (set TEMPLATE=hy3_preview for Hy3 preview); the other nodes wait for it. A
 # directory (from `hy3 data encode --swift-dataset`) is passed as --cached_dataset; anything else as --dataset.
-# PLUGIN: the plugin file (default: megatron_hy/plugins/ms_swift.py next to this script; for an installed
+# PLUGIN: the plugin file (default: megatron_hy/swift/plugin/ms_swift.py next to this script; for an installed
 # megatron-hy, `hy3 data plugin-path` prints it). HY3: the hy3 command (hy3).
 # IP_LIST: node addresses, master first. Each node finds its rank from its own address (`hostname -I`);
 # set LOCAL_IP (this node's address) or NODE_RANK where that does not work. No SSH between nodes is needed.
@@ -27,7 +27,7 @@ set -euo pipefail
 OUTPUT_DIR=${OUTPUT_DIR:-megatron_output/hy3-lora}
 HOST_GPU_NUM=${HOST_GPU_NUM:-8}
 MASTER_PORT=${MASTER_PORT:-29500}
-PLUGIN=${PLUGIN:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/megatron_hy/plugins/ms_swift.py}
+PLUGIN=${PLUGIN:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/megatron_hy/swift/plugin/ms_swift.py}
 HY3=${HY3:-hy3}
 TEMPLATE=${TEMPLATE:-hy3}
 MAX_LENGTH=16384

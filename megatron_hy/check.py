@@ -1,7 +1,7 @@
 """`hy3 check`: the report on an HF Hy3 checkpoint (either layout) against its config.
 
-Every problem is collected rather than raised: index and header problems from reading the shards
-leniently, key, shape and dtype problems from the rules in hf_checkpoint.py, and NaN/Inf in every
+Every problem is collected rather than raised: from `hf_checkpoint.inspect`, index and header problems
+(the shards read leniently) and key, shape and dtype problems (its rules); then NaN/Inf in every
 floating-point tensor of every shard (streamed in bounded chunks), or in N sampled shards when asked.
 The command line is commands/check.py.
 """
@@ -12,11 +12,9 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import load_config
-from .errors import Hy3Error
-from .hf_checkpoint import compare_to_config, count_nonfinite, mixed_layout_message
-from .mapping import detect_layout
-from .safetensors_io import FLOAT_DTYPES, open_checkpoint
+from .dtypes import FLOAT_DTYPES
+from .formats.hf_checkpoint import count_nonfinite, inspect
+from .progress import human_bytes, Progress
 
 
 @dataclass
@@ -47,7 +45,6 @@ class Report:
 
     def read_text(self) -> str:
         """How much was read for NaN/Inf, for the result line."""
-        from .progress import human_bytes
 
         if not self.readable:
             return ""
@@ -64,27 +61,17 @@ def check_checkpoint(root: str | Path, spot_check: int | None = None, quiet: boo
     """spot_check None: read every shard for NaN/Inf; N: only N shards spread over the checkpoint."""
     root = Path(root)
     rep = Report(str(root))
-    try:
-        cfg = load_config(root)
-        rep.config = cfg.summary()
-    except Hy3Error as e:
-        rep.errors.append(str(e))
+    found = inspect(root)
+    if found.config is not None:
+        rep.config = found.config.summary()
+    rep.errors += found.problems
+    ck = found.ck
+    if ck is None:
         return rep
-    try:
-        ck = open_checkpoint(root, strict=False)
-    except Hy3Error as e:
-        rep.errors.append(str(e))
-        return rep
-    rep.errors += ck.problems
     rep.tensors, rep.shards, rep.total_bytes = len(ck.tensors), len(ck.shard_files), ck.total_bytes
-    layout = detect_layout(ck.tensors)
-    if layout == "mixed":
-        rep.errors.append(mixed_layout_message(ck.tensors))
+    if found.layout == "mixed":
         return rep
-    if layout is None:
-        layout = "inner"  # no MoE tensors at all: the key check below reports them as missing
-    rep.layout = layout
-    rep.errors += compare_to_config(ck, cfg, layout)
+    rep.layout = found.layout
     declared = ck.index_metadata.get("total_size")
     if declared is not None and not _same_number(declared, ck.total_bytes):
         rep.errors.append(f"model.safetensors.index.json: total_size is {declared}, "
@@ -96,7 +83,6 @@ def check_checkpoint(root: str | Path, spot_check: int | None = None, quiet: boo
 def _scan_nonfinite(ck, rep: Report, spot_check: int | None, quiet: bool) -> None:
     """Read the floating-point tensors of every shard (or of `spot_check` shards) for NaN/Inf, shard by
     shard, in bounded chunks, with progress in bytes."""
-    from .progress import Progress
 
     by_file: dict[str, list] = {}
     for key, info in sorted(ck.tensors.items()):
@@ -134,8 +120,6 @@ def _pick(names: list[str], n: int) -> list[str]:
 
 
 def format_report(rep: Report) -> str:
-    from .progress import human_bytes
-
     lines = [f"checkpoint: {rep.root}"]
     if rep.layout:
         lines.append(f"layout:     {rep.layout}")

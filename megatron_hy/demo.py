@@ -12,36 +12,40 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from .check import check_checkpoint
+from .convert.hf_to_mcore import hf_to_mcore
+from .convert.layout import convert_layout
+from .convert.mcore_to_hf import mcore_to_hf
+from .data.demo_step import step_data as run
 from .errors import Hy3Error
-from .outputs import DEMO, check_dir, write_marker
+from .formats.safetensors_io import open_checkpoint, read_bytes
+from .lora.export import export_peft
+from .lora.merge import merge_lora
+from .lora.tiny import write_tiny_adapter
+from .megatron.parity import compare, random_tokens, run_parity
+from .outputs import check_dir, DEMO, write_marker
+from .reference import load_hf_model
+from .tiny import TinySpec, write_tiny
 
 
 def step_make_tiny(ctx: dict) -> str:
-    from .tiny import TinySpec, write_tiny
-
     ctx["inner"] = write_tiny(ctx["work"] / "tiny-inner", TinySpec(), fmt="inner", seed=0)
     return "tiny Hy3 written by transformers' HYV3ForCausalLM: 3 layers (1 dense), 8 experts, 1 MTP layer, 5 shards"
 
 
 def step_inner_to_outer(ctx: dict) -> str:
-    from .convert.layout import convert_layout
-
     r = convert_layout(ctx["inner"], ctx["work"] / "tiny-outer", "outer", quiet=True)
     ctx["outer"] = Path(r["output"])
     return f"{r['tensors']} fused tensors, {r['bytes']} bytes copied by byte range"
 
 
 def step_outer_to_inner(ctx: dict) -> str:
-    from .convert.layout import convert_layout
-
     back = ctx["work"] / "tiny-inner-again"
     convert_layout(ctx["outer"], back, "inner", quiet=True)
     return f"inner -> outer -> inner is byte-identical for all {_same_tensors(ctx['inner'], back, 'outer->inner')} tensors"
 
 
 def step_check(ctx: dict) -> str:
-    from .check import check_checkpoint
-
     for key in ("inner", "outer"):
         rep = check_checkpoint(ctx[key], spot_check=100)
         if not rep.ok:
@@ -50,9 +54,6 @@ def step_check(ctx: dict) -> str:
 
 
 def step_mcore(ctx: dict) -> str:
-    from .convert.hf_to_mcore import hf_to_mcore
-    from .convert.mcore_to_hf import mcore_to_hf
-
     r = hf_to_mcore(ctx["outer"], ctx["work"] / "tiny-mcore", quiet=True)
     ctx["mcore"] = Path(r["output"])
     back = ctx["work"] / "tiny-from-mcore"
@@ -62,8 +63,6 @@ def step_mcore(ctx: dict) -> str:
 
 
 def step_parity(ctx: dict) -> str:
-    from .megatron.parity import run_parity
-
     sources = [("hf", ctx["inner"]), ("hf", ctx["outer"]), ("mcore", ctx["mcore"])]
     results, _ = run_parity(ctx["inner"], sources, tp=2, ep=2)
     worst = max(results, key=lambda r: max(r.max_rel_err, r.mtp_max_rel_err or 0))
@@ -75,8 +74,6 @@ def step_parity(ctx: dict) -> str:
 
 
 def _same_tensors(a, b, what: str) -> int:
-    from .safetensors_io import open_checkpoint, read_bytes
-
     ta, tb = open_checkpoint(a).tensors, open_checkpoint(b).tensors
     if set(ta) != set(tb):
         raise Hy3Error(f"{what} produced a different key set")
@@ -90,12 +87,6 @@ def _same_tensors(a, b, what: str) -> int:
 def step_lora(ctx: dict) -> str:
     import torch
 
-    from .check import check_checkpoint
-    from .lora.export import export_peft
-    from .lora.merge import merge_lora
-    from .lora.tiny import write_tiny_adapter
-    from .megatron.parity import compare, random_tokens
-    from .reference import load_hf_model
 
     kinds = ("attention", "dense", "shared", "experts", "mtp")
     adapter = write_tiny_adapter(ctx["inner"], ctx["work"] / "lora-adapter", "mcore", kinds, seed=1, saved_tp=2)
@@ -120,8 +111,6 @@ def step_lora(ctx: dict) -> str:
 
 
 def step_data(ctx: dict) -> str:
-    from .data.demo_step import step_data as run
-
     return run(ctx)
 
 

@@ -12,27 +12,37 @@ Where the node list comes from:
           No SSH: run the same command on every node.
   env     NNODES, NODE_RANK, MASTER_ADDR (and MASTER_PORT) already set, e.g. by a job scheduler
   slurm   SLURM_JOB_NODELIST, SLURM_NODEID, SLURM_NNODES: run one task per node with srun
+
+`prepare_launch` makes the checks, the plan and every node's command, the same for `--dry-run` and a real run;
+`start_node` runs this node's share (commands/launch.py prints or starts them).
 """
 
 from __future__ import annotations
 
 import ipaddress
 import json
+import os
 import re
 import shlex
 import shutil
 import socket
 import subprocess
+import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .config import Hy3Config, load_config
 from .errors import Hy3Error
 from .fields import env_int, integer
+from .formats.safetensors_io import INDEX_NAME, read_header
+from .launch_data import DataPlan, encode_all, plan_data, template_for, wait_for
 from .mapping import detect_layout
 from .outputs import check_not_an_input, written_kind
+from .plan.planner import plan_recipe
 from .plan.recipe import Recipe, to_cli
-from .safetensors_io import INDEX_NAME, read_header
+from .plan.report import format_plan
+from .swift.args import check_args, command_fields
+from .swift.recipe import with_plugin
 
 # NCCL and CUDA settings every node gets: the one place they are set. Cluster-specific network knobs
 # (NCCL_SOCKET_IFNAME, NCCL_IB_HCA, NCCL_IB_GID_INDEX, ...) belong in the recipe's `env:` section or
@@ -219,14 +229,10 @@ def _check_count(found: int, nodes: int, source: str) -> None:
 
 def megatron_argv(recipe: Recipe, paths: dict, export: str | None = None) -> list[str]:
     """`megatron sft` (or `megatron export`) and its flags: path options first, then the recipe's arguments,
-    with the Hy3 plugin always passed by its installed path (plan/swift_model.py)."""
-    from .plan.swift_model import with_plugin
-
+    with the Hy3 plugin always passed by its installed path (swift/recipe.py)."""
     paths = {k: v for k, v in paths.items() if v not in (None, [], "")}
     recipe = replace(recipe, args=with_plugin(recipe.args))
     if export:
-        from .plan.swift_args import command_fields
-
         accepted = command_fields("export")
         keep = ("custom_register_path", "tensor_model_parallel_size", "pipeline_model_parallel_size", "expert_model_parallel_size",
                 "expert_tensor_parallel_size", "sequence_parallel", "decoder_first_pipeline_num_layers",
@@ -381,3 +387,91 @@ def check_gpus(gpus_per_node: int, environ: dict) -> None:
            "launch on a GPU node (--dry-run prints the commands anywhere)")
     raise Hy3Error(f"this node sees {n} GPU(s) ({how}), but the recipe starts {gpus_per_node} processes per node "
                    f"(cluster.gpus_per_node); {fix}")
+
+
+# --- the launch: the same checks, plan and commands for `--dry-run` and a real run -------------------------
+
+@dataclass
+class Launch:
+    recipe: Recipe
+    model: str | None
+    data: DataPlan        # the Hy3 rows node 0 encodes first
+    argv: list
+    cluster: Cluster
+    cmds: list            # every node's NodeCommand
+
+
+def prepare_launch(recipe: Recipe, environ: dict, model: str | None = None, mcore_model: str | None = None,
+                   mcore_adapter: str | None = None, datasets: list | None = None, output_dir: str | None = None,
+                   export: str | None = None, launcher: str = "auto", ip_list: str | None = None,
+                   master_port: int | None = None, skip_plan: bool = False) -> Launch:
+    """What `megatron sft` (or `megatron export`) would reject, the pre-flight checks and the plan, then every
+    node's command. The plan is printed on stderr when it refuses the recipe, its warnings and notes always."""
+    if recipe.args.get("max_length") is not None:  # 0 would mean "no limit" to the encoder, not what was asked
+        integer(recipe.args["max_length"], f"{recipe.path}: args", "max_length", lo=1)
+    data = plan_data(datasets, output_dir, recipe.args) if not export else plan_data([], None, {})
+    paths = {"model": model, "mcore_model": mcore_model, "mcore_adapter": mcore_adapter,
+             **(data.flags() if not export else {"dataset": datasets}), "output_dir": output_dir}
+    command = "export" if export else "sft"
+    flags = dict(recipe.args, **{k: v for k, v in paths.items() if v})
+    if export:
+        problems = check_args({k: v for k, v in paths.items() if v}, "export", where="hy3 launch")
+        if not mcore_model and not model:
+            problems.append("--export needs --mcore-model (to-hf) or --model (to-mcore)")
+    else:
+        problems = check_args(flags, "sft", where=f"{recipe.path}: args", lines=recipe.lines)
+        if not flags.get("model"):
+            problems.append("no model: pass --model HF_DIR (config and tokenizer are read from it)")
+        if not (flags.get("dataset") or flags.get("cached_dataset")):
+            problems.append("no training data: pass --dataset FILE.jsonl (or set dataset in the recipe)")
+        if data.problem:
+            problems.append(data.problem)
+    if problems:
+        raise Hy3Error(f"`megatron {command}` would reject this: " + "; ".join(problems))
+
+    # pre-flight: what a real run checks, a dry run checks too (GPUs aside)
+    cfg = check_model_dir(model, need_weights=not mcore_model) if model else None
+    for flag, d in (("--mcore-model", mcore_model), ("--mcore-adapter", mcore_adapter)):
+        if d and not Path(d).is_dir():
+            raise Hy3Error(f"{flag} {d}: no such directory (expected a Megatron torch_dist checkpoint)")
+    for d in datasets or []:
+        check_dataset(d)
+    if output_dir:  # ms-swift writes there: never into an input (outputs.py); ids of the hub are no paths
+        check_output_dir(output_dir, [model, mcore_model, mcore_adapter, *(datasets or [])])
+    if not export and "template" not in recipe.args:
+        # the plugin's template: it trains a row's reasoning_effort and reasoning_content (ms-swift's hy_v3 drops them)
+        paths["template"] = template_for(model)
+    argv = megatron_argv(recipe, paths, export)
+    if not export and not skip_plan:
+        plan = plan_recipe(recipe, cfg)
+        if not plan.ok:
+            print(format_plan(plan), file=sys.stderr)
+            what = f"{model}'s config.json" if cfg else "the bundled Hy3 config"
+            raise Hy3Error(f"{recipe.path}: {plan.verdict} (planned for {what}); fix the recipe (see the plan above) "
+                           f"or pass --skip-plan")
+        for kind, lines in (("warning", plan.warnings), ("note", plan.notes)):
+            for line in lines:
+                print(f"hy3 launch: {kind}: {line}", file=sys.stderr)
+
+    cluster = resolve_cluster(launcher, recipe.cluster.nodes, environ, ip_list, master_port)
+    return Launch(recipe, model, data, argv, cluster, node_commands(recipe, cluster, argv))
+
+
+def start_node(launch: Launch, environ: dict, data_timeout: float) -> None:
+    """A real run on this node: its own checks, the data (node 0 encodes it, the others wait for it), then its
+    command in place of this process."""
+    rank = launch.cluster.this_rank
+    if rank is None:
+        raise Hy3Error(f"cannot tell which node this is among {', '.join(h for h in launch.cluster.hosts if h)}: "
+                       f"set LOCAL_IP or NODE_RANK")
+    if not shutil.which(launch.argv[0]):
+        raise Hy3Error(f"`{launch.argv[0]}` is not on PATH; install ms-swift (see Dockerfile) on every node")
+    check_gpus(launch.recipe.cluster.gpus_per_node, environ)
+    if launch.data.encodings:
+        if rank == 0:
+            encode_all(launch.data, launch.model)
+        else:
+            wait_for(launch.data, data_timeout)
+    mine = launch.cmds[rank]
+    print(f"hy3 launch: node {mine.rank} of {len(launch.cmds)}\n{mine.shell()}", file=sys.stderr, flush=True)
+    os.execvpe(mine.argv[0], mine.argv, dict(environ, **mine.env))

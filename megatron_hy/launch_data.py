@@ -16,6 +16,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .data.encode import Encoder, load_tokenizer
+from .data.output import encode_file
 from .errors import Hy3Error
 
 DATA_DIR = "hy3-data"
@@ -113,15 +115,12 @@ def plan_data(datasets: list[str], output_dir: str | None, recipe_args: dict) ->
 
 def template_for(model: str) -> str:
     """The plugin template for this tokenizer: hy3, or hy3_preview for Hy3 preview's tokens."""
-    from .data.encode import Encoder, load_tokenizer
 
     return "hy3_preview" if Encoder(load_tokenizer(model)).ts.name == "preview" else "hy3"
 
 
 def encode_all(plan: DataPlan, model: str, quiet: bool = False) -> None:
     """Encode what is not encoded yet (node 0)."""
-    from .data.encode import Encoder, load_tokenizer
-    from .data.output import encode_file
 
     todo = [e for e in plan.encodings if not e.done()]
     if not todo:

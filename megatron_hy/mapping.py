@@ -12,6 +12,7 @@ A model of some decoder layers only (`LayerSubset`, at the end) renames its tens
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field, replace
 from typing import Callable, Iterator, Sequence
 
@@ -24,6 +25,17 @@ LAYER = "model.layers.{i}."
 # scopes: "model" (once), "layer" (every decoder and MTP layer), "dense" / "moe" (by layer type),
 # "expert" (every routed expert of every MoE layer), "mtp" (MTP layers only)
 
+# Tensors some readers name by their role (the MTP forward of reference.py, the tiny generator, mcore-bridge's
+# keys), spelled once here and used by the rows below.
+EMBED = "model.embed_tokens.weight"
+ROUTER = "mlp.router.gate.weight"     # a matrix in no linear module; ms-swift's LoRA can still target it
+EXPERT_BIAS = "mlp.expert_bias"
+SHARED_GATE = "mlp.shared_mlp.gate_proj.weight"
+MTP_EH_PROJ = "eh_proj.weight"
+MTP_ENORM = "enorm.weight"
+MTP_HNORM = "hnorm.weight"
+MTP_NORM = "final_layernorm.weight"
+
 
 @dataclass(frozen=True)
 class HFTensor:
@@ -32,48 +44,50 @@ class HFTensor:
     shape: Callable[[Hy3Config], tuple]
     outer: str | None = None      # outer key, when it differs from the inner one
     rows: tuple[int, int] | None = None  # experts: row range of the fused tensor, in units of moe_ffn
+    lora: str | None = None       # the Megatron linear module this tensor is part of, which LoRA can target
+    buffer: bool = False          # a Megatron buffer, not a trained parameter
+    keep_dtype: bool = False      # kept in its own dtype (Megatron stores fp32), not the checkpoint's main one
 
 
 HF_TENSORS: tuple[HFTensor, ...] = (
-    HFTensor("model", "model.embed_tokens.weight", lambda c: (c.vocab_size, c.hidden_size)),
+    HFTensor("model", EMBED, lambda c: (c.vocab_size, c.hidden_size)),
     HFTensor("model", "model.norm.weight", lambda c: (c.hidden_size,)),
     HFTensor("model", "lm_head.weight", lambda c: (c.vocab_size, c.hidden_size)),
     HFTensor("layer", "input_layernorm.weight", lambda c: (c.hidden_size,)),
-    HFTensor("layer", "self_attn.q_proj.weight", lambda c: (c.num_heads * c.head_dim, c.hidden_size)),
-    HFTensor("layer", "self_attn.k_proj.weight", lambda c: (c.num_kv_heads * c.head_dim, c.hidden_size)),
-    HFTensor("layer", "self_attn.v_proj.weight", lambda c: (c.num_kv_heads * c.head_dim, c.hidden_size)),
-    HFTensor("layer", "self_attn.o_proj.weight", lambda c: (c.hidden_size, c.num_heads * c.head_dim)),
+    HFTensor("layer", "self_attn.q_proj.weight", lambda c: (c.num_heads * c.head_dim, c.hidden_size),
+             lora="linear_qkv"),
+    HFTensor("layer", "self_attn.k_proj.weight", lambda c: (c.num_kv_heads * c.head_dim, c.hidden_size),
+             lora="linear_qkv"),
+    HFTensor("layer", "self_attn.v_proj.weight", lambda c: (c.num_kv_heads * c.head_dim, c.hidden_size),
+             lora="linear_qkv"),
+    HFTensor("layer", "self_attn.o_proj.weight", lambda c: (c.hidden_size, c.num_heads * c.head_dim),
+             lora="linear_proj"),
     HFTensor("layer", "self_attn.q_norm.weight", lambda c: (c.head_dim,)),
     HFTensor("layer", "self_attn.k_norm.weight", lambda c: (c.head_dim,)),
     HFTensor("layer", "post_attention_layernorm.weight", lambda c: (c.hidden_size,)),
-    HFTensor("dense", "mlp.gate_proj.weight", lambda c: (c.intermediate_size, c.hidden_size)),
-    HFTensor("dense", "mlp.up_proj.weight", lambda c: (c.intermediate_size, c.hidden_size)),
-    HFTensor("dense", "mlp.down_proj.weight", lambda c: (c.hidden_size, c.intermediate_size)),
-    HFTensor("moe", "mlp.router.gate.weight", lambda c: (c.num_experts, c.hidden_size), outer="mlp.gate.weight"),
-    HFTensor("moe", "mlp.expert_bias", lambda c: (c.num_experts,), outer="mlp.e_score_correction_bias"),
-    HFTensor("moe", "mlp.shared_mlp.gate_proj.weight", lambda c: (c.shared_ffn, c.hidden_size),
-             outer="mlp.shared_experts.gate_proj.weight"),
+    HFTensor("dense", "mlp.gate_proj.weight", lambda c: (c.intermediate_size, c.hidden_size), lora="linear_fc1"),
+    HFTensor("dense", "mlp.up_proj.weight", lambda c: (c.intermediate_size, c.hidden_size), lora="linear_fc1"),
+    HFTensor("dense", "mlp.down_proj.weight", lambda c: (c.hidden_size, c.intermediate_size), lora="linear_fc2"),
+    HFTensor("moe", ROUTER, lambda c: (c.num_experts, c.hidden_size), outer="mlp.gate.weight"),
+    HFTensor("moe", EXPERT_BIAS, lambda c: (c.num_experts,), outer="mlp.e_score_correction_bias",
+             buffer=True, keep_dtype=True),
+    HFTensor("moe", SHARED_GATE, lambda c: (c.shared_ffn, c.hidden_size),
+             outer="mlp.shared_experts.gate_proj.weight", lora="linear_fc1"),
     HFTensor("moe", "mlp.shared_mlp.up_proj.weight", lambda c: (c.shared_ffn, c.hidden_size),
-             outer="mlp.shared_experts.up_proj.weight"),
+             outer="mlp.shared_experts.up_proj.weight", lora="linear_fc1"),
     HFTensor("moe", "mlp.shared_mlp.down_proj.weight", lambda c: (c.hidden_size, c.shared_ffn),
-             outer="mlp.shared_experts.down_proj.weight"),
+             outer="mlp.shared_experts.down_proj.weight", lora="linear_fc2"),
     HFTensor("expert", "mlp.experts.{e}.gate_proj.weight", lambda c: (c.moe_ffn, c.hidden_size),
-             outer="mlp.experts.gate_up_proj", rows=(0, 1)),
+             outer="mlp.experts.gate_up_proj", rows=(0, 1), lora="linear_fc1"),
     HFTensor("expert", "mlp.experts.{e}.up_proj.weight", lambda c: (c.moe_ffn, c.hidden_size),
-             outer="mlp.experts.gate_up_proj", rows=(1, 2)),
+             outer="mlp.experts.gate_up_proj", rows=(1, 2), lora="linear_fc1"),
     HFTensor("expert", "mlp.experts.{e}.down_proj.weight", lambda c: (c.hidden_size, c.moe_ffn),
-             outer="mlp.experts.down_proj"),
-    HFTensor("mtp", "eh_proj.weight", lambda c: (c.hidden_size, 2 * c.hidden_size)),
-    HFTensor("mtp", "enorm.weight", lambda c: (c.hidden_size,)),
-    HFTensor("mtp", "hnorm.weight", lambda c: (c.hidden_size,)),
-    HFTensor("mtp", "final_layernorm.weight", lambda c: (c.hidden_size,)),
+             outer="mlp.experts.down_proj", lora="linear_fc2"),
+    HFTensor("mtp", MTP_EH_PROJ, lambda c: (c.hidden_size, 2 * c.hidden_size), lora="eh_proj"),
+    HFTensor("mtp", MTP_ENORM, lambda c: (c.hidden_size,)),
+    HFTensor("mtp", MTP_HNORM, lambda c: (c.hidden_size,)),
+    HFTensor("mtp", MTP_NORM, lambda c: (c.hidden_size,)),
 )
-
-# Outer fused expert tensors: key suffix -> shape, built from the expert rows above.
-FUSED_SHAPES: dict[str, Callable[[Hy3Config], tuple]] = {
-    "mlp.experts.gate_up_proj": lambda c: (c.num_experts, 2 * c.moe_ffn, c.hidden_size),
-    "mlp.experts.down_proj": lambda c: (c.num_experts, c.hidden_size, c.moe_ffn),
-}
 
 
 @dataclass(frozen=True)
@@ -99,7 +113,7 @@ class Logical:
         """Element range of this tensor inside its outer fused tensor (row-major), or None."""
         if self.expert is None or self.spec.outer is None:
             return None
-        per_expert = FUSED_SHAPES[self.spec.outer](c)
+        per_expert = fused_shape(self.spec.outer, c)
         expert_elems = per_expert[1] * per_expert[2]
         lo, hi = self.spec.rows or (0, None)
         row = c.moe_ffn * per_expert[2]  # elements per moe_ffn rows (gate_up rows are H wide)
@@ -140,7 +154,7 @@ def expected_keys(c: Hy3Config, layout: str) -> dict[str, tuple]:
     out: dict[str, tuple] = {}
     for t in logical_tensors(c):
         if layout == "outer" and t.expert is not None:
-            out[t.outer_key] = tuple(FUSED_SHAPES[t.spec.outer](c))
+            out[t.outer_key] = fused_shape(t.spec.outer, c)
         else:
             out[t.key(layout)] = t.shape
     return out
@@ -158,21 +172,79 @@ def fused_parts(c: Hy3Config) -> dict[str, list[Logical]]:
 
 
 def detect_layout(keys) -> str | None:
-    """'inner', 'outer', 'mixed' or None (no expert tensors at all)."""
+    """'inner', 'outer', 'mixed' or None (no expert tensors at all), from the keys only one layout has."""
+    experts, fused, marks = _derived(_layout_marks)
     inner = outer = False
     for k in keys:
-        if ".mlp.experts." in k:
-            if k.endswith(".mlp.experts.gate_up_proj") or k.endswith(".mlp.experts.down_proj"):
+        if any(e in k for e in experts):
+            if k.endswith(fused):
                 outer = True
             else:
                 inner = True
-        elif k.endswith(".mlp.router.gate.weight") or k.endswith(".mlp.expert_bias") or ".mlp.shared_mlp." in k:
+        elif k.endswith(marks["inner"][0]) or any(m in k for m in marks["inner"][1]):
             inner = True
-        elif k.endswith(".mlp.gate.weight") or k.endswith(".mlp.e_score_correction_bias") or ".mlp.shared_experts." in k:
+        elif k.endswith(marks["outer"][0]) or any(m in k for m in marks["outer"][1]):
             outer = True
     if inner and outer:
         return "mixed"
     return "inner" if inner else "outer" if outer else None
+
+
+def _layout_marks() -> tuple:
+    """(parts of per-expert keys, fused expert key suffixes, layout -> (key suffixes, key parts) of that layout
+    only): a tensor renamed between the layouts marks its layout by its name, unless its module is renamed in
+    place (`mlp.shared_mlp.` and `mlp.shared_experts.`): then every key under the module does."""
+    experts = tuple({"." + t.inner.split("{e}")[0]: 0 for t in HF_TENSORS if t.scope == "expert"})
+    fused = tuple({"." + t.outer: 0 for t in HF_TENSORS if t.scope == "expert"})
+    marks: dict[str, tuple[list, list]] = {layout: ([], []) for layout in LAYOUTS}
+    for t in HF_TENSORS:
+        if t.outer is None or t.scope == "expert":
+            continue
+        modules = _renamed_module(t)
+        for layout, name, module in zip(LAYOUTS, (t.inner, t.outer), modules or (None, None)):
+            suffixes, parts = marks[layout]
+            if module is None:
+                suffixes.append("." + name)
+            elif "." + module + "." not in parts:
+                parts.append("." + module + ".")
+    return experts, fused, {layout: (tuple(s), tuple(p)) for layout, (s, p) in marks.items()}
+
+
+def _renamed_module(t: HFTensor) -> tuple[str, str] | None:
+    """(inner, outer) module of a tensor whose layouts differ in one module's name only, else None."""
+    a, b = t.inner.split("."), t.outer.split(".")
+    same = 0
+    while same < min(len(a), len(b)) and a[-1 - same] == b[-1 - same]:
+        same += 1
+    a, b = a[: len(a) - same], b[: len(b) - same]
+    if not same or len(a) != len(b) or a[:-1] != b[:-1]:
+        return None
+    return ".".join(a), ".".join(b)
+
+
+def keeps_dtype(key: str) -> bool:
+    """Whether the tensor under this key (HF in either layout, or Megatron) keeps its own dtype where others are
+    converted: the `keep_dtype` rows, and the Megatron tensors made of them (megatron-core keeps them in fp32)."""
+    return key.endswith(_derived(_kept_names))
+
+
+def _kept_names() -> tuple[str, ...]:
+    kept = [t for t in HF_TENSORS if t.keep_dtype]
+    names = [n for t in kept for n in (t.inner, t.outer) if n]
+    names += [r.mcore for r in MCORE_ROWS if any(t.inner in r.hf for t in kept)]
+    return tuple(names)
+
+
+_DERIVED: dict = {}
+
+
+def _derived(build: Callable[[], object]):
+    """build()'s value for the tables as they are; built again only where a table was replaced (as a test of
+    a variant may)."""
+    hit = _DERIVED.get(build)
+    if hit is None or hit[0] is not HF_TENSORS or hit[1] is not MCORE_ROWS:
+        hit = _DERIVED[build] = (HF_TENSORS, MCORE_ROWS, build())
+    return hit[2]
 
 
 # --- Megatron-Core ---------------------------------------------------------------------------
@@ -190,6 +262,12 @@ def detect_layout(keys) -> str | None:
 MCORE_LAYER = "decoder.layers.{i}."
 MCORE_MTP = "mtp.layers.{k}."
 MCORE_MTP_LAYER = "mtp.layers.{k}.transformer_layer."
+MCORE_EMBED = "embedding.word_embeddings.weight"
+# Transformer-engine modules of each MTP layer's decoder layer that hold no tensor of the table but
+# whose `_extra_state` the TE model asks the checkpoint for: megatron-core's TEDotProductAttention leaves
+# it out of its sharded_state_dict, but MultiTokenPredictionBlock.sharded_state_dict also adds its layers'
+# plain state_dict, which has it (until 0.17: mcore_versions.MTP_NO_CORE_ATTENTION_EXTRA_STATE).
+MCORE_MTP_TE_MODULES = ("self_attention.core_attention",)
 
 
 @dataclass(frozen=True)
@@ -199,34 +277,36 @@ class MCoreRow:
     hf: tuple[str, ...]
     op: str = "copy"
     tp: int | None = None
+    stage: str | None = None   # model tensors: the item of Megatron's pipeline layout that holds it, E or L
+    te_op: bool = False        # a standalone transformer-engine op in the TE spec: its module's `_extra_state` too
 
 
 MCORE_ROWS: tuple[MCoreRow, ...] = (
-    MCoreRow("model", "embedding.word_embeddings.weight", ("model.embed_tokens.weight",), "vocab", tp=0),
-    MCoreRow("model", "decoder.final_layernorm.weight", ("model.norm.weight",)),
-    MCoreRow("model", "output_layer.weight", ("lm_head.weight",), "vocab", tp=0),
+    MCoreRow("model", MCORE_EMBED, (EMBED,), "vocab", tp=0, stage="E"),
+    MCoreRow("model", "decoder.final_layernorm.weight", ("model.norm.weight",), stage="L", te_op=True),
+    MCoreRow("model", "output_layer.weight", ("lm_head.weight",), "vocab", tp=0, stage="L"),
     MCoreRow("layer", "self_attention.linear_qkv.layer_norm_weight", ("input_layernorm.weight",)),
     MCoreRow("layer", "self_attention.linear_qkv.weight",
              ("self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight"), "qkv", tp=0),
-    MCoreRow("layer", "self_attention.q_layernorm.weight", ("self_attn.q_norm.weight",)),
-    MCoreRow("layer", "self_attention.k_layernorm.weight", ("self_attn.k_norm.weight",)),
+    MCoreRow("layer", "self_attention.q_layernorm.weight", ("self_attn.q_norm.weight",), te_op=True),
+    MCoreRow("layer", "self_attention.k_layernorm.weight", ("self_attn.k_norm.weight",), te_op=True),
     MCoreRow("layer", "self_attention.linear_proj.weight", ("self_attn.o_proj.weight",), tp=1),
     MCoreRow("dense", "mlp.linear_fc1.layer_norm_weight", ("post_attention_layernorm.weight",)),
     MCoreRow("dense", "mlp.linear_fc1.weight", ("mlp.gate_proj.weight", "mlp.up_proj.weight"), "glu", tp=0),
     MCoreRow("dense", "mlp.linear_fc2.weight", ("mlp.down_proj.weight",), tp=1),
-    MCoreRow("moe", "pre_mlp_layernorm.weight", ("post_attention_layernorm.weight",)),
-    MCoreRow("moe", "mlp.router.weight", ("mlp.router.gate.weight",)),
-    MCoreRow("moe", "mlp.router.expert_bias", ("mlp.expert_bias",)),
+    MCoreRow("moe", "pre_mlp_layernorm.weight", ("post_attention_layernorm.weight",), te_op=True),
+    MCoreRow("moe", "mlp.router.weight", (ROUTER,)),
+    MCoreRow("moe", "mlp.router.expert_bias", (EXPERT_BIAS,)),
     MCoreRow("moe", "mlp.shared_experts.linear_fc1.weight",
-             ("mlp.shared_mlp.gate_proj.weight", "mlp.shared_mlp.up_proj.weight"), "glu", tp=0),
+             (SHARED_GATE, "mlp.shared_mlp.up_proj.weight"), "glu", tp=0),
     MCoreRow("moe", "mlp.shared_experts.linear_fc2.weight", ("mlp.shared_mlp.down_proj.weight",), tp=1),
     MCoreRow("expert", "mlp.experts.experts.linear_fc1.weight",
              ("mlp.experts.{e}.gate_proj.weight", "mlp.experts.{e}.up_proj.weight"), "glu", tp=0),
     MCoreRow("expert", "mlp.experts.experts.linear_fc2.weight", ("mlp.experts.{e}.down_proj.weight",), tp=1),
-    MCoreRow("mtp", "enorm.weight", ("enorm.weight",)),
-    MCoreRow("mtp", "hnorm.weight", ("hnorm.weight",)),
-    MCoreRow("mtp", "eh_proj.weight", ("eh_proj.weight",), tp=0),
-    MCoreRow("mtp", "final_layernorm.weight", ("final_layernorm.weight",)),
+    MCoreRow("mtp", MTP_ENORM, (MTP_ENORM,), te_op=True),
+    MCoreRow("mtp", MTP_HNORM, (MTP_HNORM,), te_op=True),
+    MCoreRow("mtp", MTP_EH_PROJ, (MTP_EH_PROJ,), tp=0),
+    MCoreRow("mtp", MTP_NORM, (MTP_NORM,), te_op=True),
 )
 
 
@@ -286,6 +366,65 @@ def mcore_tensors(c: Hy3Config, padded_vocab: int | None = None) -> list[MCoreTe
                 hf = tuple(prefix + h.format(e=0) for h in row.hf)
                 add(row, mcore_prefix(c, i, row.scope) + row.mcore, i, hf)
     return out
+
+
+# --- what LoRA, the planner and the adapter formats read ----------------------------------------
+
+PEFT_PREFIX = "base_model.model."     # PEFT's prefix on the names of the model it wraps
+
+
+def lora_modules(*scopes: str) -> list[str]:
+    """The Megatron linear modules LoRA can target, in table order (of tensors of these scopes; all by default)."""
+    return list(dict.fromkeys(t.lora for t in HF_TENSORS if t.lora and (not scopes or t.scope in scopes)))
+
+
+def spec(inner: str) -> HFTensor:
+    """The row of an inner name as the table spells it (`MCoreRow.hf`: after the layer prefix, `{e}` for experts)."""
+    return next(t for t in HF_TENSORS if t.inner == inner)
+
+
+def mcore_row(t: Logical, c: Hy3Config) -> MCoreRow:
+    """The Megatron row a logical HF tensor of this config goes into."""
+    scopes = ("model",) if t.layer is None else ("expert",) if t.expert is not None else _layer_scopes(c, t.layer)
+    return next(r for r in MCORE_ROWS if r.scope in scopes and t.spec.inner in r.hf)
+
+
+def fused_specs() -> dict[str, list[HFTensor]]:
+    """Outer fused expert key (after the layer prefix) -> the expert rows it stacks, in byte order."""
+    out: dict[str, list[HFTensor]] = {}
+    for t in HF_TENSORS:
+        if t.scope == "expert":
+            out.setdefault(t.outer, []).append(t)
+    return {k: sorted(ts, key=lambda t: (t.rows or (0,))[0]) for k, ts in out.items()}
+
+
+def fused_shape(outer: str, c: Hy3Config) -> tuple:
+    """Shape of an outer fused expert tensor (key after the layer prefix): one slab per expert, each the expert
+    rows it stacks (`rows` in units of moe_ffn; a row without `rows` is the whole slab)."""
+    parts = fused_specs()[outer]
+    rows, cols = parts[0].shape(c)
+    return (c.num_experts, rows * max(t.rows[1] if t.rows else 1 for t in parts), cols)
+
+
+def fused_rows(t: HFTensor, c: Hy3Config) -> slice:
+    """The rows of one expert's slab of its outer fused tensor that hold this expert tensor."""
+    lo, hi = t.rows or (0, None)
+    return slice(lo * c.moe_ffn, None if hi is None else hi * c.moe_ffn)
+
+
+def to_inner(key: str) -> str:
+    """A key in the outer layout's spelling -> the inner one. Keys both layouts share, and fused expert keys
+    (which hold many inner tensors), come back unchanged."""
+    for t in HF_TENSORS:
+        if t.outer and t.scope != "expert" and (key == t.outer or key.endswith("." + t.outer)):
+            return key[: len(key) - len(t.outer)] + t.inner
+    return key
+
+
+def layer_of(name: str) -> int | None:
+    """The HF layer index of a name under a layer prefix (`LAYER`), else None."""
+    m = re.match(re.escape(LAYER).replace(re.escape("{i}"), r"(\d+)"), name)
+    return int(m.group(1)) if m else None
 
 
 # --- a model of some decoder layers ----------------------------------------------------------

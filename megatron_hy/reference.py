@@ -21,10 +21,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-from .config import Hy3Config
+from .config import Hy3Config, load_config
 from .errors import Hy3Error
-from .hf_checkpoint import HFCheckpoint
-from .mapping import LAYER, LayerSubset, logical_tensors
+from .formats.hf_checkpoint import HFCheckpoint
+from .mapping import LAYER, LayerSubset, logical_tensors, MTP_EH_PROJ, MTP_ENORM, MTP_HNORM, MTP_NORM
 
 
 def load_hf_model(path: str | Path, extra_layers: int = 0, dtype=None):
@@ -36,7 +36,6 @@ def load_hf_model(path: str | Path, extra_layers: int = 0, dtype=None):
     from transformers import HYV3Config, HYV3ForCausalLM
     from transformers.utils import logging as hf_logging
 
-    from .config import load_config
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
@@ -148,10 +147,10 @@ def mtp_logits(model, mtp: list, cfg: Hy3Config, read: Callable[[str], object], 
         w = {t.spec.inner: read(t.name).to(d) for t in logical_tensors(cfg) if t.layer == i and t.spec.scope == "mtp"}
         ids = torch.roll(ids, -1, dims=-1)
         ids[..., -1] = 0
-        e = _rms(model.model.embed_tokens(ids), w["enorm.weight"], cfg.rms_norm_eps)
-        x = torch.cat([e, _rms(h, w["hnorm.weight"], cfg.rms_norm_eps)], -1) @ w["eh_proj.weight"].T
+        e = _rms(model.model.embed_tokens(ids), w[MTP_ENORM], cfg.rms_norm_eps)
+        x = torch.cat([e, _rms(h, w[MTP_HNORM], cfg.rms_norm_eps)], -1) @ w[MTP_EH_PROJ].T
         x = layer(x, attention_mask=mask, position_ids=positions, position_embeddings=cos_sin)
-        h = _rms(x, w["final_layernorm.weight"], cfg.rms_norm_eps)
+        h = _rms(x, w[MTP_NORM], cfg.rms_norm_eps)
         out.append(model.lm_head(h))
     return out
 

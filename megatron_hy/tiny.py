@@ -17,15 +17,14 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .config import Hy3Config
+from .data.tokenizer import write_standin_tokenizer
+from .dtypes import dtype_name, torch_dtype, torch_name
 from .errors import Hy3Error
-from .mapping import LAYER, fused_parts, logical_tensors
-from .outputs import HF_CHECKPOINT, check_dir
-from .progress import Progress, log
-from .safetensors_io import OutTensor, dtype_name, shard_name, write_index, write_shard
-from .staging import new_dir
-
-
-TORCH_DTYPE_NAMES = {"bf16": "bfloat16", "fp32": "float32", "fp16": "float16"}
+from .formats.safetensors_io import OutTensor, shard_name, write_index, write_shard
+from .formats.staging import new_dir
+from .mapping import EMBED, fused_parts, keeps_dtype, logical_tensors
+from .outputs import check_dir, HF_CHECKPOINT
+from .progress import log, Progress
 
 
 @dataclass
@@ -54,7 +53,7 @@ class TinySpec:
             num_experts=self.experts, top_k=self.top_k, moe_ffn=self.expert_ffn,
             num_shared_experts=self.shared_experts, router_scaling_factor=2.826,
             layer_types=tuple(["dense"] * self.dense_layers + ["sparse"] * (self.layers - self.dense_layers)),
-            num_mtp_layers=self.mtp, max_position_embeddings=4096, dtype=TORCH_DTYPE_NAMES[dtype],
+            num_mtp_layers=self.mtp, max_position_embeddings=4096, dtype=torch_name(dtype),
             raw={"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0},
         )
 
@@ -66,29 +65,26 @@ def _randomize(model, seed: int) -> None:
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, t in sorted(model.state_dict(keep_vars=True).items()):
-            if "norm" in name:
-                val = 1.0 + 0.1 * torch.randn(t.shape, generator=gen)
-            elif "e_score_correction_bias" in name:
-                val = 0.05 * torch.randn(t.shape, generator=gen)
-            elif name.endswith("embed_tokens.weight"):
-                val = torch.randn(t.shape, generator=gen)
-            else:
-                val = torch.randn(t.shape, generator=gen) / math.sqrt(t.shape[-1])
-            t.copy_(val)
+            t.copy_(_value(name, t.shape, gen))
+
+
+def _value(name: str, shape, gen):
+    import torch
+
+    if "norm" in name:
+        return 1.0 + 0.1 * torch.randn(shape, generator=gen)
+    if keeps_dtype(name):  # the router's expert bias
+        return 0.05 * torch.randn(shape, generator=gen)
+    if name == EMBED:
+        return torch.randn(shape, generator=gen)
+    return torch.randn(shape, generator=gen) / math.sqrt(shape[-1])
 
 
 def _mtp_extras(cfg: Hy3Config, seed: int, dtype) -> dict:
     import torch
 
     gen = torch.Generator().manual_seed(seed + 7919)
-    out = {}
-    h = cfg.hidden_size
-    for i in cfg.mtp_layers:
-        p = LAYER.format(i=i)
-        out[p + "eh_proj.weight"] = (torch.randn(h, 2 * h, generator=gen) / math.sqrt(2 * h)).to(dtype)
-        for n in ("enorm.weight", "hnorm.weight", "final_layernorm.weight"):
-            out[p + n] = (1.0 + 0.1 * torch.randn(h, generator=gen)).to(dtype)
-    return out
+    return {t.name: _value(t.name, t.shape, gen).to(dtype) for t in logical_tensors(cfg) if t.spec.scope == "mtp"}
 
 
 def build_state(cfg: Hy3Config, seed: int, dtype: str = "bf16", bias_dtype: str = "fp32", step=None) -> dict:
@@ -103,8 +99,7 @@ def build_state(cfg: Hy3Config, seed: int, dtype: str = "bf16", bias_dtype: str 
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
-    names = {"bf16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16}
-    tdtype = names[dtype]
+    tdtype = torch_dtype(dtype)
     hf = cfg.to_transformers()
     # The MTP layers are built as extra MoE decoder layers of the same model.
     hf["num_hidden_layers"] = cfg.num_layers + cfg.num_mtp_layers
@@ -117,7 +112,7 @@ def build_state(cfg: Hy3Config, seed: int, dtype: str = "bf16", bias_dtype: str 
     model = model.to(tdtype)
     for mod in model.modules():
         if hasattr(mod, "e_score_correction_bias"):
-            mod.e_score_correction_bias.data = mod.e_score_correction_bias.data.float().to(names[bias_dtype])
+            mod.e_score_correction_bias.data = mod.e_score_correction_bias.data.float().to(torch_dtype(bias_dtype))
     with tempfile.TemporaryDirectory() as tmp:
         model.save_pretrained(tmp)
         state = {}
@@ -168,7 +163,8 @@ def _split_points(cfg: Hy3Config, tensors: list[OutTensor], shards: int, layout:
             k += 1
         acc += t.nbytes
     if layout == "inner" and cfg.moe_layers:
-        mid = LAYER.format(i=cfg.moe_layers[0]) + f"mlp.experts.{cfg.num_experts // 2}.gate_proj.weight"
+        layer, expert = cfg.moe_layers[0], cfg.num_experts // 2
+        mid = next(t.name for t in logical_tensors(cfg) if t.layer == layer and t.expert == expert)
         points.add(next(i for i, t in enumerate(tensors) if t.key == mid))
     return sorted(points)
 
@@ -230,8 +226,4 @@ def _transformers_config(cfg: Hy3Config) -> dict:
 
 
 def _write_tokenizer(root: Path, cfg: Hy3Config) -> None:
-    try:
-        from .data.tokenizer import write_standin_tokenizer
-    except ImportError:
-        return
     write_standin_tokenizer(root, vocab_size=cfg.vocab_size)

@@ -16,15 +16,19 @@ REPO = Path(__file__).resolve().parent.parent
 
 # --- the real CLI, as a user runs it -------------------------------------------------------------
 
-def run_cli(*args, env: dict | None = None, cwd=None, timeout: float = 120) -> subprocess.CompletedProcess:
-    """`hy3 ARGS...` in a fresh process (the same interpreter and package as the tests)."""
-    return run_python("-m", "megatron_hy.cli", *args, env=env, cwd=cwd, timeout=timeout)
+def run_cli(*args, env: dict | None = None, cwd=None, timeout: float = 120, kill_after_bytes: int | None = None,
+            kill_signal: str = "KILL", kill_at: str | None = None) -> subprocess.CompletedProcess:
+    """`hy3 ARGS...` in a fresh process (the same interpreter and package as the tests). kill_after_bytes: the
+    process sends itself SIG`kill_signal` once N bytes are written; kill_at: SIGKILL at that named point
+    (tests/hooked_cli.py)."""
+    if kill_after_bytes is None and kill_at is None:
+        return run_python("-m", "megatron_hy.cli", *args, env=env, cwd=cwd, timeout=timeout)
+    hooks = json.dumps({"after_bytes": kill_after_bytes, "signal": kill_signal, "at": kill_at})
+    return run_python(Path(__file__).with_name("hooked_cli.py"), hooks, *args, env=env, cwd=cwd, timeout=timeout)
 
 
 def run_python(*args, env: dict | None = None, cwd=None, timeout: float = 120) -> subprocess.CompletedProcess:
     full_env = dict(os.environ)
-    for hook in ("HY3_TEST_KILL_AFTER_BYTES", "HY3_TEST_KILL_SIGNAL", "HY3_TEST_KILL_AT"):
-        full_env.pop(hook, None)
     full_env.update(env or {})
     return subprocess.run([sys.executable, *map(str, args)], capture_output=True, text=True, env=full_env,
                           cwd=cwd or REPO, timeout=timeout)
@@ -197,7 +201,7 @@ TEST_RECIPE = """\
 cluster: {nodes: 1, gpus_per_node: 8, gpu_memory_gb: 141}
 args:
   tuner_type: lora
-  custom_register_path: megatron_hy/plugins/ms_swift.py
+  custom_register_path: megatron_hy/swift/plugin/ms_swift.py
   mtp_num_layers: 0
   tensor_model_parallel_size: 8
   sequence_parallel: true

@@ -14,7 +14,7 @@ from pathlib import Path
 from megatron_hy.data.tokens import PREVIEW, RELEASE  # noqa: F401 (re-exported to the tests)
 
 R = RELEASE
-PLUGIN = Path(__file__).resolve().parent.parent / "megatron_hy" / "data" / "swift_plugin.py"
+PLUGIN = Path(__file__).resolve().parent.parent / "megatron_hy" / "swift" / "templates.py"
 
 
 @lru_cache(maxsize=None)

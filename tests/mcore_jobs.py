@@ -2,9 +2,56 @@
 
 from __future__ import annotations
 
+import contextlib
 from argparse import Namespace
 from dataclasses import dataclass
 from pathlib import Path
+
+
+@contextlib.contextmanager
+def cuda_as_cpu():
+    """A context in which megatron-core's training step runs on CPU tensors (beside harness.py's CPU shims).
+
+    - Inside it, a tensor asked for on device "cuda" is made on the CPU, and `Tensor.type()` of a CPU
+      tensor reads as its CUDA type. megatron-core needs both to train on a CPU:
+      - optimizer/optimizer.py (0.16: line 481), MixedPrecisionOptimizer.__init__ (every DistributedOptimizer):
+        `torch.tensor([0], dtype=torch.int, device='cuda')` (`_dummy_overflow_buf`, `_scale_one`);
+      - optimizer/distrib_optimizer.py (0.16: line 431), `_build_model_and_main_param_groups`: raises TypeError
+        unless `param.type()` is 'torch.cuda.FloatTensor', 'torch.cuda.HalfTensor' or 'torch.cuda.BFloat16Tensor';
+      - pipeline_parallel/schedules.py, every forward_backward_* function:
+        `total_num_tokens = torch.zeros([], dtype=torch.int, device="cuda")`.
+    - `torch.cuda.current_stream()` is a stream that waits for nothing: megatron-core 0.19's
+      param_and_grad_buffer.py `start_grad_sync` asks for it to wait on CUDA-graph events before reducing
+      gradients; a CPU computes in order, so there is nothing to wait for.
+    Nothing else changes: the optimizer, its sharding and the schedules are megatron-core's own.
+    """
+    import torch
+    from torch.overrides import TorchFunctionMode
+
+    class CudaAsCpu(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            kwargs = dict(kwargs or {})
+            if str(kwargs.get("device", "")).startswith("cuda"):
+                kwargs["device"] = "cpu"
+            out = func(*args, **kwargs)
+            if func is torch.Tensor.type and len(args) == 1 and not kwargs and out.startswith("torch."):
+                out = "torch.cuda." + out[len("torch."):]
+            return out
+
+    class InOrderStream:
+        def wait_event(self, event):
+            pass
+
+        def wait_stream(self, stream):
+            pass
+
+    saved = torch.cuda.current_stream
+    torch.cuda.current_stream = lambda *args, **kwargs: InOrderStream()
+    try:
+        with CudaAsCpu():
+            yield
+    finally:
+        torch.cuda.current_stream = saved
 
 
 def save_with_megatron(model, out: str | Path, iteration: int = 1, optimizer=None, scheduler=None) -> Path:
@@ -17,8 +64,7 @@ def save_with_megatron(model, out: str | Path, iteration: int = 1, optimizer=Non
     from megatron.core.dist_checkpointing.serialization import get_default_save_sharded_strategy
     from megatron.core.dist_checkpointing.strategies.fully_parallel import FullyParallelSaveStrategyWrapper
 
-    from megatron_hy.convert.torch_dist import CONTENT_METADATA, TRACKER, iter_dir_name
-    from megatron_hy.megatron.harness import cuda_as_cpu
+    from megatron_hy.formats.torch_dist import CONTENT_METADATA, TRACKER, iter_dir_name
     from megatron_hy.megatron.weights import model_sharded_state_dict
 
     it = Path(out) / iter_dir_name(iteration)
@@ -49,7 +95,7 @@ def _cpu_model(hf_dir: str, tp: int, pp: int, ep: int, etp: int | None = None):
     """The Hy3 GPTModel of this rank's stage under a layout (parallel state initialized here), filled from HF."""
     import torch
 
-    from megatron_hy.hf_checkpoint import HFCheckpoint
+    from megatron_hy.formats.hf_checkpoint import HFCheckpoint
     from megatron_hy.megatron.harness import CPU_CONFIG, init_parallel, parallel_config
     from megatron_hy.megatron.model import build_gpt_model, make_transformer_config
     from megatron_hy.megatron.weights import load_into_model
@@ -100,7 +146,7 @@ def train_and_save(rank: int, world: int, job: TrainJob) -> dict:
     from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
-    from megatron_hy.megatron.harness import causal_mask, cuda_as_cpu
+    from megatron_hy.megatron.harness import causal_mask
     from megatron_hy.megatron.parity import forward
     from megatron_hy.megatron.weights import export_pieces
 

@@ -67,7 +67,7 @@ def check_case(case: dict, work: Path) -> None:
     from megatron_hy.convert.hf_to_mcore import hf_to_mcore
     from megatron_hy.convert.layout import convert_layout
     from megatron_hy.convert.mcore_to_hf import mcore_to_hf
-    from megatron_hy.safetensors_io import CopyLimits
+    from megatron_hy.formats.safetensors_io import CopyLimits
     from megatron_hy.tiny import TinySpec, write_tiny
 
     spec = TinySpec(**case["spec"])

@@ -294,7 +294,7 @@ class SwiftRun:
 def run_all(root: Path, inner: Path, outer: Path, tencent: Path, lora_base: Path, timeout: float = 900) -> SwiftRun:
     """Convert the tiny checkpoints with `hy3 convert hf-to-mcore`, then run the TP1, TP2 and EP2 layouts
     in one driver process (with the transformer_engine stand-in on its path)."""
-    from megatron_hy.plugins import swift_plugin_path
+    from megatron_hy.swift.plugin import swift_plugin_path
     from megatron_hy.tiny import TinySpec, write_tiny
 
     root = Path(root)
@@ -321,7 +321,6 @@ def run_all(root: Path, inner: Path, outer: Path, tencent: Path, lora_base: Path
     spec.write_text(json.dumps({"jobs": jobs}, indent=2))
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(TESTS / "te_standin"), str(TESTS), str(REPO)]),
                TOKENIZERS_PARALLELISM="false", TRANSFORMERS_VERBOSITY="error")
-    env.pop("HY3_TEST_KILL_AFTER_BYTES", None)
     proc = subprocess.run([sys.executable, str(Path(__file__)), str(spec), str(result)], capture_output=True,
                           text=True, cwd=REPO, env=env, timeout=timeout)
     if proc.returncode or not result.exists():

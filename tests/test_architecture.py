@@ -1,5 +1,6 @@
-"""The house rules: no module imports from a floor above its own (docs/architecture.md), and README and
-docs name only files that exist."""
+"""The house rules (docs/architecture.md): no module imports from a floor above its own, no two folders import
+each other (directly or around a loop), the package's own modules are imported inside a function only where
+that keeps a heavy dependency lazy, and README and docs name only files that exist."""
 
 from __future__ import annotations
 
@@ -71,12 +72,113 @@ def test_every_module_is_on_one_floor_and_imports_nothing_above_it():
     assert edges > 150  # the imports were really found
 
 
+# Third-party packages slow to import (seconds, or hundreds of ms): `hy3 --help` and the data commands must
+# not pay for them. A module of ours may be imported inside a function only when importing it at the top
+# would import one of these that the importing module does not import already.
+HEAVY = {"torch", "transformers", "megatron", "mcore_bridge", "swift", "matplotlib", "numpy", "tokenizers",
+         "peft", "modelscope", "safetensors"}
+
+
+def _module_level(tree: ast.Module) -> list[ast.stmt]:
+    """Import statements run when the module is imported (under if/try too; not in functions)."""
+    out, stack = [], list(tree.body)
+    while stack:
+        node = stack.pop()
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            continue
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            out.append(node)
+        for attr in ("body", "orelse", "finalbody", "handlers"):
+            stack.extend(getattr(node, attr, None) or [])
+    return out
+
+
+def _heavy_closure(mods: dict[str, ast.Module]) -> dict[str, set[str]]:
+    """module -> the heavy packages importing it imports (through our modules imported at module level)."""
+    known = set(mods)
+    direct, eager = {}, {}
+    for name, tree in mods.items():
+        direct[name], eager[name] = set(), set()
+        for node in _module_level(tree):
+            if isinstance(node, ast.Import):
+                direct[name] |= {a.name.split(".")[0] for a in node.names} & HEAVY
+            elif not node.level and node.module and node.module.split(".")[0] != "megatron_hy":
+                direct[name] |= {node.module.split(".")[0]} & HEAVY
+            else:
+                eager[name] |= imports(name, ast.Module(body=[node], type_ignores=[]), known)
+
+    def closure(name: str, seen: set[str]) -> set[str]:
+        if name in seen:
+            return set()
+        seen.add(name)
+        out = set(direct.get(name, ()))
+        for dep in eager.get(name, ()):
+            out |= closure(dep, seen)
+        return out
+
+    return {name: closure(name, set()) for name in mods}
+
+
+def test_imports_inside_functions_only_keep_heavy_dependencies_lazy():
+    mods = modules()
+    heavy = _heavy_closure(mods)
+    needless = []
+    for name, tree in sorted(mods.items()):
+        for fn in ast.walk(tree):
+            if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            for node in ast.walk(fn):
+                if isinstance(node, (ast.Import, ast.ImportFrom)):
+                    for dep in imports(name, ast.Module(body=[node], type_ignores=[]), set(mods)):
+                        if not heavy[dep] - heavy[name]:
+                            needless.append(f"megatron_hy/{name}.py:{node.lineno} imports {dep} in a function")
+    assert not needless, needless
+
+
+def folder(name: str) -> str:
+    """A module's folder, or the module itself for one at the top of the package."""
+    return name.split("/")[0] if "/" in name else name
+
+
+def test_no_import_cycle_between_folders():
+    mods = modules()
+    graph: dict[str, set[str]] = {}
+    for name, tree in mods.items():
+        for dep in imports(name, tree, set(mods)):
+            if folder(dep) != folder(name) and dep != "__init__":
+                graph.setdefault(folder(name), set()).add(folder(dep))
+    assert len(graph) > 10 and sum(map(len, graph.values())) > 40  # the imports were really found
+
+    assert not folder_cycles(graph), folder_cycles(graph)
+
+
+def folder_cycles(graph: dict[str, set[str]]) -> list[str]:
+    def reaches(start: str, goal: str) -> bool:
+        seen, stack = set(), [start]
+        while stack:
+            node = stack.pop()
+            if node == goal:
+                return True
+            if node not in seen:
+                seen.add(node)
+                stack.extend(graph.get(node, ()))
+        return False
+
+    return sorted(f"{a} -> {b} -> ... -> {a}" for a, deps in graph.items() for b in deps if reaches(b, a))
+
+
+def test_a_cycle_is_seen():
+    assert folder_cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [
+        "a -> b -> ... -> a", "b -> c -> ... -> b", "c -> a -> ... -> c"]
+    assert folder_cycles({"a": {"b"}, "b": {"c"}, "d": {"a"}}) == []
+
+
 def test_import_resolution():
     mods = modules()
     assert imports("convert/hf_to_mcore", mods["convert/hf_to_mcore"], set(mods)) >= {
-        "__init__", "convert/dcp", "convert/torch_dist", "hf_checkpoint", "megatron/weights"}
-    assert imports("hf_checkpoint", mods["hf_checkpoint"], set(mods)) == {"config", "errors", "mapping",
-                                                                          "safetensors_io"}
+        "__init__", "formats/dcp", "formats/torch_dist", "formats/hf_checkpoint", "megatron/weights"}
+    assert imports("formats/hf_checkpoint", mods["formats/hf_checkpoint"], set(mods)) == {
+        "config", "dtypes", "errors", "mapping", "formats/safetensors_io"}
 
 
 # --- the docs name files that exist ------------------------------------------------------------

@@ -12,7 +12,7 @@ import pytest
 
 from conftest import REPO, rewrite
 from megatron_hy.convert.layout import convert_layout
-from megatron_hy.hf_checkpoint import HFCheckpoint
+from megatron_hy.formats.hf_checkpoint import HFCheckpoint
 
 
 @pytest.fixture(scope="module")

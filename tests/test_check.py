@@ -164,8 +164,9 @@ def test_nan_inf_count_matches_torch_for_every_bit_pattern(dtype, tmp_path):
     import torch
     from safetensors.torch import save_file
 
-    from megatron_hy.hf_checkpoint import count_nonfinite
-    from megatron_hy.safetensors_io import ITEMSIZE, read_header, torch_dtype
+    from megatron_hy.dtypes import ITEMSIZE, torch_dtype
+    from megatron_hy.formats.hf_checkpoint import count_nonfinite
+    from megatron_hy.formats.safetensors_io import read_header
 
     size = ITEMSIZE[dtype]
     raw = np.frombuffer(os.urandom(size * 4096), dtype="u1")

@@ -107,10 +107,10 @@ def test_plan_writes_name_their_file_on_stderr(tmp_path):
                                   ["convert", "hf-to-mcore", "--max-file-size", "100KB", "--workers", "1"]],
                          ids=["inner-to-outer", "hf-to-mcore"])
 def test_sigint_exits_130_and_the_rerun_resumes(tiny_inner, tmp_path, argv):
-    """Ctrl-C in the middle of writing (HY3_TEST_KILL_SIGNAL=INT: the process sends itself SIGINT once 200 KB
+    """Ctrl-C in the middle of writing (kill_signal="INT": the process sends itself SIGINT once 200 KB
     are written): exit 130, one line saying what was kept, and the rerun finishes the same output."""
     cmd = [*argv[:2], tiny_inner, tmp_path / "out", *argv[2:]]
-    proc = run_cli(*cmd, env={"HY3_TEST_KILL_AFTER_BYTES": "200000", "HY3_TEST_KILL_SIGNAL": "INT"}, timeout=600)
+    proc = run_cli(*cmd, kill_after_bytes=200000, kill_signal="INT", timeout=600)
     assert proc.returncode == 130, proc.stderr
     assert "Traceback" not in proc.stderr and "hy3: error:" not in proc.stderr
     (line,) = [ln for ln in proc.stderr.splitlines() if ln.startswith("hy3: interrupted:")]

@@ -120,9 +120,9 @@ def test_tokenizer_errors_are_one_line(tmp_path):
 
 
 def test_plugin_path_and_standin_tokenizer(tmp_path):
-    from megatron_hy.plugins import swift_plugin_path
+    from megatron_hy.swift.plugin import swift_plugin_path
 
-    # the one ms-swift plugin, which also registers the hy3 templates of data/swift_plugin.py
+    # the one ms-swift plugin, which also registers the hy3 templates of swift/templates.py
     assert assert_ok(run_cli("data", "plugin-path")).stdout.strip() == str(swift_plugin_path())
     assert_ok(run_cli("data", "standin-tokenizer", tmp_path / "tok", "--variant", "preview"))
     src = write_jsonl(tmp_path / "rows.jsonl", [HIGH])
@@ -171,7 +171,7 @@ def test_swift_dataset_killed_between_the_outputs_is_completed_by_the_rerun(tmp_
 
     src = write_jsonl(tmp_path / "rows.jsonl", ALL_ROWS)
     argv = ["data", "encode", "--tokenizer", model_dir(), src, tmp_path / "enc.jsonl", "--swift-dataset", tmp_path / "enc"]
-    killed = run_cli(*argv, env={"HY3_TEST_KILL_AT": "encode:dataset-published"})
+    killed = run_cli(*argv, kill_at="encode:dataset-published")
     assert killed.returncode == -9, killed.stderr
     assert [p.exists() for p in (tmp_path / "enc", tmp_path / "enc.jsonl")] == [True, False]
     left = set(tmp_path.glob(".*partial*"))   # the killed run's hidden temporary JSONL, named as unfinished

@@ -13,9 +13,9 @@ import pytest
 
 from conftest import assert_ok, assert_one_error, load_tensors, other_environment_hy3, run_cli, same_bits
 from megatron_hy.convert.hf_to_mcore import hf_to_mcore
-from megatron_hy.convert.manifest import MANIFEST
+from megatron_hy.formats.manifest import MANIFEST
 from megatron_hy.convert.mcore_to_hf import mcore_to_hf
-from megatron_hy.convert.torch_dist import TRACKER
+from megatron_hy.formats.torch_dist import TRACKER
 from megatron_hy.mcore_versions import NO_COMMON_PT, since
 from megatron_hy.megatron.harness import run_distributed
 from megatron_hy.tiny import TinySpec, write_tiny
@@ -114,10 +114,10 @@ def test_megatron_trained_checkpoint_converts_exactly(megatron_world4, lora_base
 
     from megatron_helpers import assemble_hf
     from megatron_hy.convert.mcore_to_hf import is_optimizer_key
-    from megatron_hy.hf_checkpoint import HFCheckpoint
+    from megatron_hy.formats.hf_checkpoint import HFCheckpoint
     from megatron_hy.megatron.parity import TOLERANCE, compare
     from megatron_hy.reference import reference_logits
-    from megatron_hy.safetensors_io import torch_dtype
+    from megatron_hy.dtypes import torch_dtype
 
     w = megatron_world4
     meta = pickle.loads((w.trained / "iter_0000002" / ".metadata").read_bytes())
@@ -167,7 +167,7 @@ def test_resume_after_kill(tiny, mcore, tmp_path):
     root, inner, _ = tiny
     out = tmp_path / "mc"
     killed = run_cli("convert", "hf-to-mcore", str(inner), str(out), "--workers", "1", "--max-file-size", "100KB",
-                     "--quiet", env={"HY3_TEST_KILL_AFTER_BYTES": "300000"}, timeout=600)
+                     "--quiet", kill_after_bytes=300000, timeout=600)
     assert killed.returncode != 0 and not out.exists()
     partial = out.with_name(out.name + ".partial")
     finished = list((partial / "iter_0000001").glob("*.distcp"))
@@ -181,7 +181,7 @@ def test_resume_after_kill(tiny, mcore, tmp_path):
 
     hf_out = tmp_path / "hf2"
     killed = run_cli("convert", "mcore-to-hf", str(mcore), str(hf_out), "--hf-config", str(inner),
-                     "--max-shard-size", "150KB", "--workers", "1", env={"HY3_TEST_KILL_AFTER_BYTES": "300000"})
+                     "--max-shard-size", "150KB", "--workers", "1", kill_after_bytes=300000)
     assert killed.returncode != 0 and not hf_out.exists()
     again = assert_ok(run_cli("convert", "mcore-to-hf", str(mcore), str(hf_out), "--hf-config", str(inner),
                               "--max-shard-size", "150KB", "--workers", "1"))

@@ -13,8 +13,8 @@ import pytest
 
 from conftest import load_tensors, same_bits
 from megatron_hy.convert.layout import convert_layout
-from megatron_hy.hf_checkpoint import HFCheckpoint
-from megatron_hy.safetensors_io import CopyLimits
+from megatron_hy.formats.hf_checkpoint import HFCheckpoint
+from megatron_hy.formats.safetensors_io import CopyLimits
 
 
 class Calls:

@@ -18,7 +18,7 @@ from megatron_hy.errors import Hy3Error
 from megatron_hy.launch import expand_hostlist, resolve_cluster
 from megatron_hy.plan import load_recipe
 from megatron_hy.plan.recipe import to_cli
-from megatron_hy.plugins import swift_plugin_path
+from megatron_hy.swift.plugin import swift_plugin_path
 
 LAUNCH_VARS = ("IP_LIST", "LOCAL_IP", "NNODES", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT", "SLURM_JOB_NODELIST",
                "SLURM_NODEID", "SLURM_NNODES", "SLURM_JOB_ID")

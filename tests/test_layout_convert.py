@@ -161,7 +161,7 @@ def test_resume_after_a_kill_gives_the_uninterrupted_result(tiny_inner, tmp_path
     out, partial = tmp_path / "out", tmp_path / "out.partial"
 
     killed = run_cli("convert", "inner-to-outer", tiny_inner, out, "--quiet", *flags,
-                     env={"HY3_TEST_KILL_AFTER_BYTES": str(total // 2)})
+                     kill_after_bytes=total // 2)
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     assert not out.exists() and partial.is_dir()
     done = {p.name: p.stat() for p in partial.glob("*.safetensors")}
@@ -180,7 +180,7 @@ def test_resume_after_a_kill_gives_the_uninterrupted_result(tiny_inner, tmp_path
 def test_a_different_plan_starts_over(tiny_inner, converted_outer, tmp_path):
     out = tmp_path / "out"
     killed = run_cli("convert", "inner-to-outer", tiny_inner, out, "--quiet", "--max-shard-size", "60KB",
-                     "--workers", "1", env={"HY3_TEST_KILL_AFTER_BYTES": "200000"})
+                     "--workers", "1", kill_after_bytes=200000)
     assert killed.returncode == -signal.SIGKILL
     rerun = assert_ok(run_cli("convert", "inner-to-outer", tiny_inner, out))
     assert "resuming" not in rerun.stderr

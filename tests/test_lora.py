@@ -147,7 +147,7 @@ def test_zero_adapter_merge_is_byte_identical(swift_run, tiny_inner, tiny_outer,
 
 
 def test_outer_base_merges_into_outer_layout(base, swift_run, tmp_path):
-    from megatron_hy.hf_checkpoint import HFCheckpoint
+    from megatron_hy.formats.hf_checkpoint import HFCheckpoint
     from megatron_hy.convert.layout import convert_layout
 
     outer = tmp_path / "outer"
@@ -162,7 +162,7 @@ def test_outer_base_merges_into_outer_layout(base, swift_run, tmp_path):
 
 def test_megatron_adapter_ignores_use_rslora_as_training_did(base, swift_run, tmp_path):
     from megatron_hy.config import load_config
-    from megatron_hy.lora.adapters import open_adapter
+    from megatron_hy.formats.adapters import open_adapter
 
     adapter = swift_adapter(swift_run, "tp1", "dist", tmp_path)   # rank 4, alpha 8; trained as if with rsLoRA:
     args = json.loads((adapter / "args.json").read_text())

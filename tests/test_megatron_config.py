@@ -125,7 +125,7 @@ def test_swift_settings_are_megatron_sft_flags_and_in_every_recipe():
 
     from megatron_hy.megatron.config import swift_moe_settings
     from megatron_hy.plan.recipe import load_recipe
-    from megatron_hy.plan.swift_args import check_args
+    from megatron_hy.swift.args import check_args
 
     settings = swift_moe_settings(load_config(HY3))
     assert check_args(settings, "sft") == []

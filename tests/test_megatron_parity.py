@@ -14,10 +14,10 @@ import pytest
 
 from conftest import assert_one_error, run_cli, same_bits
 from megatron_helpers import assemble_hf
-from megatron_hy.hf_checkpoint import HFCheckpoint
+from megatron_hy.dtypes import torch_dtype
+from megatron_hy.formats.hf_checkpoint import HFCheckpoint
 from megatron_hy.megatron.config import padded_vocab_size
 from megatron_hy.megatron.parity import TOLERANCE, judge, make_layout, run_parity
-from megatron_hy.safetensors_io import torch_dtype
 from megatron_hy.tiny import TinySpec, write_tiny
 
 pytestmark = [pytest.mark.slow, pytest.mark.megatron]
@@ -146,7 +146,7 @@ def test_verify_parity_cli_json(pair):
 def test_uncovered_checkpoint_tensor_fails_naming_it(pair, tmp_path):
     import shutil
 
-    from megatron_hy.safetensors_io import INDEX_NAME
+    from megatron_hy.formats.safetensors_io import INDEX_NAME
 
     bad = tmp_path / "extra"
     shutil.copytree(pair[0], bad)

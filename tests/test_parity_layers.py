@@ -24,7 +24,7 @@ import pytest
 from cli_inprocess import hy3
 from conftest import assert_ok, assert_one_error, load_tensors, rewrite, run_cli, same_bits
 from megatron_helpers import assemble_hf
-from megatron_hy.hf_checkpoint import HFCheckpoint
+from megatron_hy.formats.hf_checkpoint import HFCheckpoint
 from megatron_hy.megatron.parity import (BF16_MIN_MEAN_COSINE, BF16_MIN_TOP1, TOLERANCE, compare, run_parity)
 from megatron_hy.tiny import TinySpec, write_tiny
 

@@ -29,7 +29,7 @@ MTP = ATTN + NORMS + MOE + 2 * H * H + 3 * H                   # full MoE layer 
 
 HY3_MOE = {"moe_router_load_balancing_type": "none", "moe_aux_loss_coeff": 0.0,
            "megatron_extra_kwargs": {"moe_router_bias_update_rate": 0.0},
-           "custom_register_path": "megatron_hy/plugins/ms_swift.py", "mtp_num_layers": 0}
+           "custom_register_path": "megatron_hy/swift/plugin/ms_swift.py", "mtp_num_layers": 0}
 
 
 def plan(nodes=1, gpus=8, mem=141, **args):

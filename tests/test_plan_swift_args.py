@@ -6,7 +6,7 @@ import ast
 import importlib.util
 from pathlib import Path
 
-from megatron_hy.plan.swift_args import check_args, command_fields, transformer_config_fields
+from megatron_hy.swift.args import check_args, command_fields, transformer_config_fields
 
 
 def test_fields_come_from_the_whole_class_hierarchy():

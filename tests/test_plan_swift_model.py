@@ -6,8 +6,8 @@ from __future__ import annotations
 from conftest import TEST_RECIPE, assert_one_error, run_cli
 from megatron_hy.config import load_config
 from megatron_hy.plan.planner import DEFAULT_CONFIG
-from megatron_hy.plan.swift_model import RECIPE_PLUGIN, check, with_plugin
-from megatron_hy.plugins import swift_plugin_path
+from megatron_hy.swift.recipe import RECIPE_PLUGIN, check, with_plugin
+from megatron_hy.swift.plugin import swift_plugin_path
 
 CFG = load_config(DEFAULT_CONFIG)
 OK = {"custom_register_path": RECIPE_PLUGIN, "mtp_num_layers": 1}
@@ -39,7 +39,7 @@ def test_model_settings_that_contradict_the_checkpoint_are_errors():
 
 def test_plan_cli_rejects_such_a_recipe(tmp_path, hy3_model):
     recipe = tmp_path / "r.yaml"
-    recipe.write_text(TEST_RECIPE.replace("  custom_register_path: megatron_hy/plugins/ms_swift.py\n", "")
+    recipe.write_text(TEST_RECIPE.replace("  custom_register_path: megatron_hy/swift/plugin/ms_swift.py\n", "")
                       .replace("{moe_router_bias_update_rate: 0.0}", "{moe_router_bias_update_rate: 0.0, qk_layernorm: false}"))
     proc = run_cli("plan", recipe)
     assert proc.returncode == 1
@@ -52,3 +52,9 @@ def test_launch_passes_the_installed_plugin():
     assert with_plugin({})["custom_register_path"] == str(swift_plugin_path())
     mine = with_plugin({"custom_register_path": ["/x/other.py"]})["custom_register_path"]
     assert mine == ["/x/other.py", str(swift_plugin_path())]
+
+
+def test_a_recipe_naming_the_plugins_former_path_still_gets_the_plugin():
+    old = "megatron_hy/plugins/ms_swift.py"   # where the plugin lay before the ms-swift code moved to swift/
+    assert check(dict(OK, custom_register_path=old), CFG) == []
+    assert with_plugin({"custom_register_path": old})["custom_register_path"] == str(swift_plugin_path())

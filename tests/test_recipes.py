@@ -12,7 +12,7 @@ import pytest
 
 from conftest import REPO, assert_ok, assert_one_error, run_cli, run_python
 from megatron_hy.plan import load_recipe, plan_recipe
-from megatron_hy.plan.swift_args import check_args
+from megatron_hy.swift.args import check_args
 
 RECIPES = sorted((REPO / "recipes").glob("*.yaml"))
 NAME = re.compile(r"^(lora|full)-(80|96|141)g-(\d+)n-(\d+)k(-cp)?(-mtp)?(-offload)?$")

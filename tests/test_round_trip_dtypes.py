@@ -10,9 +10,9 @@ import shutil
 import pytest
 
 from conftest import load_tensors, same_bits
-from megatron_hy.convert.manifest import MANIFEST
+from megatron_hy.formats.manifest import MANIFEST
 from megatron_hy.convert.mcore_to_hf import mcore_to_hf
-from megatron_hy.convert.torch_dist import TRACKER
+from megatron_hy.formats.torch_dist import TRACKER
 
 pytestmark = pytest.mark.megatron
 

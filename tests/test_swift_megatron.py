@@ -17,7 +17,7 @@ from conftest import assert_ok, load_tensors, run_cli, same_bits
 from megatron_hy.config import load_config
 from megatron_hy.mapping import expected_keys, mcore_tensors
 from megatron_hy.mcore_versions import MTP_NO_CORE_ATTENTION_EXTRA_STATE, NO_COMMON_PT, since
-from megatron_hy.plugins import swift_plugin_path
+from megatron_hy.swift.plugin import swift_plugin_path
 
 LAYOUTS = ["tp1", "tp2", "ep2"]
 pytestmark = [pytest.mark.slow, pytest.mark.megatron]
@@ -197,9 +197,9 @@ def test_swift_checkpoints_pass_the_restricted_unpicklers(swift_run, lora_base, 
     import pickle
     import shutil
 
-    from megatron_hy.convert.dcp import load_metadata
-    from megatron_hy.convert.torch_dist import COMMON, load_common
-    from megatron_hy.lora.adapters import open_adapter
+    from megatron_hy.formats.dcp import load_metadata
+    from megatron_hy.formats.torch_dist import COMMON, load_common
+    from megatron_hy.formats.adapters import open_adapter
 
     lora = swift_run.out(layout) / "lora" / "dist"
     for it in (swift_run.out(layout) / "swift-save" / "iter_0000001", lora / "iter_0000001"):
@@ -234,5 +234,5 @@ def test_plugin_imports_where_megatron_cannot_run():
             f"import_external_file({str(swift_plugin_path())!r}); "
             "from swift.template import TEMPLATE_MAPPING; "
             "assert 'hy3' in TEMPLATE_MAPPING and 'hy3_preview' in TEMPLATE_MAPPING; "
-            "assert 'megatron_hy.megatron.swift_bridge' not in sys.modules; print('ok')")
+            "assert 'megatron_hy.swift.bridge' not in sys.modules; print('ok')")
     assert assert_ok(run_python("-c", code)).stdout.strip().endswith("ok")

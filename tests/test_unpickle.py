@@ -78,7 +78,7 @@ def test_payload_in_common_pt_is_refused(tiny_inner, mcore_adapter, tmp_path, ca
 def test_settings_still_come_from_a_plain_common_pt(tiny_inner, mcore_adapter, tmp_path):
     """Without args.json, rank, alpha and the saving TP size are read from the args in common.pt (a Namespace)."""
     from megatron_hy.config import load_config
-    from megatron_hy.lora.adapters import open_adapter
+    from megatron_hy.formats.adapters import open_adapter
 
     cfg = load_config(tiny_inner)
     with_json = open_adapter(mcore_adapter, cfg)
@@ -124,7 +124,7 @@ def test_payload_in_dcp_metadata_is_refused(tiny_inner, mcore_model, mcore_adapt
 
 
 def test_dcp_metadata_of_other_objects_is_refused(tmp_path):
-    from megatron_hy.convert.dcp import load_metadata
+    from megatron_hy.formats.dcp import load_metadata
 
     path = tmp_path / ".metadata"
     path.write_bytes(pickle.dumps({"not": "metadata"}))
@@ -143,7 +143,7 @@ def test_torch_dcp_writers_metadata_loads_as_pickle_reads_it(tmp_path):
     """What torch's own FileSystemWriter writes (dtypes, layouts, memory formats, bytes entries) is admitted whole."""
     import torch.distributed.checkpoint as dcp
 
-    from megatron_hy.convert.dcp import load_metadata
+    from megatron_hy.formats.dcp import load_metadata
 
     state = {"a": torch.randn(2, 3), "b": torch.zeros(4, dtype=torch.bfloat16), "c": torch.ones(1, dtype=torch.int64),
              "obj": {"any": "object"}}
@@ -157,8 +157,8 @@ def test_torch_dcp_writers_metadata_loads_as_pickle_reads_it(tmp_path):
 def _dcp_with_common_state(root, state):
     """A DCP directory holding only the `common_state` object as megatron-core 0.19 saves it (torch.save of
     [state] as one byte item; the same bytes a real 0.19 save holds, read in test_swift_megatron.py), no common.pt."""
-    from megatron_hy.convert import dcp
-    from megatron_hy.convert.torch_dist import COMMON_STATE
+    from megatron_hy.formats import dcp
+    from megatron_hy.formats.torch_dist import COMMON_STATE
 
     root.mkdir()
     done = dcp.write_file(root / "__0_0.distcp", [], [dcp.ObjectItem(COMMON_STATE, [state])])
@@ -172,7 +172,7 @@ def test_common_state_inside_the_checkpoint_is_read_without_running_code(tmp_pat
     import io
     from argparse import Namespace
 
-    from megatron_hy.convert.torch_dist import COMMON_STATE, load_common
+    from megatron_hy.formats.torch_dist import COMMON_STATE, load_common
 
     plain = _dcp_with_common_state(tmp_path / "plain", {"args": Namespace(tuner_type="lora", lora_rank=4), "iteration": 3})
     state, where = load_common(plain)
@@ -181,7 +181,7 @@ def test_common_state_inside_the_checkpoint_is_read_without_running_code(tmp_pat
 
     marker = tmp_path / "ran"
     bad = _dcp_with_common_state(tmp_path / "payload", {"args": Payload(marker, "system")})
-    from megatron_hy.convert.dcp import DcpReader
+    from megatron_hy.formats.dcp import DcpReader
 
     blob = DcpReader(bad).object_bytes(COMMON_STATE)
     assert_live(lambda: torch.load(io.BytesIO(blob), weights_only=False), marker)

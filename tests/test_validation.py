@@ -102,7 +102,7 @@ def test_other_config_fields_are_typed(tiny_inner, tmp_path, change, message):
 
 
 def test_safetensors_header_with_a_fractional_shape_is_corrupt(tmp_path):
-    from megatron_hy.safetensors_io import read_header
+    from megatron_hy.formats.safetensors_io import read_header
 
     header = json.dumps({"w": {"dtype": "F32", "shape": [1.5], "data_offsets": [0, 4]}}).encode()
     f = tmp_path / "x.safetensors"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..check import check_checkpoint, format_report, report_json
 from ..fields import COUNT
 from .common import add_json, add_model_operand, model_operand
 
@@ -30,8 +31,6 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from ..check import check_checkpoint, format_report, report_json
-
     rep = check_checkpoint(model_operand(args, "dir", "DIR"), spot_check=args.spot_check, quiet=args.quiet)
     print(report_json(rep) if args.json else format_report(rep))
     return 0 if rep.ok else 1

@@ -12,6 +12,9 @@ import argparse
 import json
 
 from ..errors import Hy3Error
+from ..fields import COUNT
+from ..progress import log
+from ..swift.runs import pick_checkpoint
 
 MODEL_METAVAR = "MODEL_DIR"
 JSON_HELP = "print the result as one JSON object on stdout (progress and `wrote` lines stay on stderr)"
@@ -54,17 +57,13 @@ RUN_HELP = ("; or an ms-swift output directory (`megatron sft --output_dir`), on
 
 
 def add_checkpoint_flag(p) -> None:
-    from ..fields import COUNT
-
     p.add_argument("--checkpoint", type=COUNT, metavar="N",
                    help="in an ms-swift run: read checkpoint-N instead of the newest (in an output directory: the "
                         "newest run that holds checkpoint-N)")
 
 
 def picked_checkpoint(path: str, number: int | None, quiet: bool = False):
-    """The checkpoint directory `path` means (swift_runs.py), said on stderr when one was picked."""
-    from ..progress import log
-    from ..swift_runs import pick_checkpoint
+    """The checkpoint directory `path` means (swift/runs.py), said on stderr when one was picked."""
 
     picked = pick_checkpoint(path, number)
     if picked.note:

@@ -4,6 +4,12 @@ from __future__ import annotations
 
 import json
 
+from ..config import load_config
+from ..launch_data import template_for
+from ..megatron.config import gpt_model_kwargs, megatron_lm_flags, swift_moe_settings, transformer_config_kwargs
+from ..plan.recipe import to_cli
+from ..progress import log
+from ..swift.plugin import swift_plugin_path
 from .common import add_json, add_model_operand, emit, model_operand
 
 
@@ -31,12 +37,6 @@ def swift_argv(model: str) -> list[str]:
     and output directory are the recipe's)."""
     from pathlib import Path
 
-    from ..config import load_config
-    from ..launch_data import template_for
-    from ..megatron.config import swift_moe_settings
-    from ..plan.recipe import to_cli
-    from ..plugins import swift_plugin_path
-    from ..progress import log
 
     root = Path(model).parent if Path(model).is_file() else Path(model)
     cfg = load_config(model)
@@ -65,23 +65,18 @@ def _flag_lines(argv: list[str]) -> str:
 def run(args) -> int:
     import shlex
 
-    from ..config import load_config
 
     model = model_operand(args, "dir", "DIR")
     cfg = load_config(model)
     if args.to == "summary":
         emit(args, cfg.summary(), "\n".join(f"{k:<26} {v}" for k, v in cfg.summary().items()))
     elif args.to == "megatron":
-        from ..megatron.config import megatron_lm_flags
-
         flags = megatron_lm_flags(cfg)
         emit(args, {"flags": [x for f in flags for x in shlex.split(f)]}, " \\\n".join(flags))
     elif args.to == "swift":
         argv = swift_argv(model)
         emit(args, {"flags": argv}, _flag_lines(argv))
     elif args.to == "json":
-        from ..megatron.config import gpt_model_kwargs, transformer_config_kwargs
-
         kw = transformer_config_kwargs(cfg)
         kw["activation_func"] = kw["activation_func"].__name__
         print(json.dumps({"transformer_config": kw, "gpt_model": gpt_model_kwargs(cfg)}, indent=2))

@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+from ..config import load_config
+from ..convert.hf_to_mcore import hf_to_mcore
+from ..convert.layout import convert_layout
+from ..convert.mcore_to_hf import carried_files, mcore_to_hf
+from ..dtypes import CAST
+from ..errors import Hy3Error
 from ..fields import COUNT, POSITIVE_INT
-from ..outputs import OUT_DIR_HELP, OVERWRITE_DIR_HELP
-from .common import RUN_HELP, add_checkpoint_flag, add_json, add_model_flag, emit, picked_checkpoint
+from ..outputs import check_not_an_input, OUT_DIR_HELP, OVERWRITE_DIR_HELP
+from ..progress import log
+from ..swift.runs import holds_adapter, holds_hf_weights, holds_torch_dist, is_swift_checkpoint
+from .common import add_checkpoint_flag, add_json, add_model_flag, emit, picked_checkpoint, RUN_HELP
 
 
 def register(sub) -> None:
@@ -35,7 +43,7 @@ def register(sub) -> None:
     q.add_argument("input", metavar="HF_DIR", help="HF Hy3 checkpoint (inner or outer layout)")
     q.add_argument("output", metavar="OUT", help=OUT_DIR_HELP)
     q.add_argument("--workers", type=int, default=4, help="data files written in parallel (default 4)")
-    q.add_argument("--dtype", choices=["bf16", "fp32", "fp16"], default=None,
+    q.add_argument("--dtype", choices=CAST, default=None,
                    help="weight dtype in the checkpoint (default: as in the HF files; the router expert bias stays fp32)")
     q.add_argument("--padded-vocab", type=POSITIVE_INT, default=None,
                    help="rows of the embedding and output layer, if your Megatron run pads the vocabulary "
@@ -64,7 +72,7 @@ def register(sub) -> None:
                    help="inner: one tensor per expert, as published (default); outer: fused 3D experts")
     add_checkpoint_flag(q)
     q.add_argument("--iteration", type=COUNT, default=None, help="iteration to read (default: the tracker file's)")
-    q.add_argument("--dtype", choices=["bf16", "fp32", "fp16"], default=None,
+    q.add_argument("--dtype", choices=CAST, default=None,
                    help="weight dtype (default: config.json's dtype; the expert bias stays fp32 as in HF Hy3)")
     q.add_argument("--workers", type=int, default=4, help="shards written in parallel (default 4)")
     q.add_argument("--max-shard-size", default="5GB", help="largest output shard, e.g. 5GB or 500MB (default 5GB)")
@@ -75,16 +83,12 @@ def register(sub) -> None:
 
 
 def run_layout(args) -> int:
-    from ..convert.layout import convert_layout
-
     emit(args, convert_layout(args.input, args.output, args.to, workers=args.workers,
                               max_shard_size=args.max_shard_size, overwrite=args.overwrite, quiet=args.quiet))
     return 0
 
 
 def run_hf_to_mcore(args) -> int:
-    from ..convert.hf_to_mcore import hf_to_mcore
-
     emit(args, hf_to_mcore(args.input, args.output, workers=args.workers, dtype=args.dtype,
                            padded_vocab=args.padded_vocab, iteration=args.iteration, overwrite=args.overwrite,
                            quiet=args.quiet, max_file_size=args.max_file_size, in_process=True))
@@ -92,10 +96,6 @@ def run_hf_to_mcore(args) -> int:
 
 
 def run_mcore_to_hf(args) -> int:
-    from ..convert.mcore_to_hf import mcore_to_hf
-    from ..errors import Hy3Error
-    from ..swift_runs import holds_adapter, holds_hf_weights, holds_torch_dist, is_swift_checkpoint
-
     src = picked_checkpoint(args.input, args.checkpoint, args.quiet)
     if holds_adapter(src):
         raise Hy3Error(f"{src}: holds a LoRA adapter, not model weights; merge it with `hy3 lora merge --model "
@@ -113,16 +113,10 @@ def run_mcore_to_hf(args) -> int:
 def _from_swift_safetensors(args, src) -> dict:
     """A checkpoint ms-swift saved as HF safetensors (save_safetensors, through the plugin): its weights in the
     --format layout, with --model's config and tokenizer files, as the torch_dist path writes them."""
-    from ..config import load_config
-    from ..convert.layout import convert_layout
-    from ..convert.mcore_to_hf import carried_files
-    from ..errors import Hy3Error
-    from ..progress import log
 
     if args.dtype is not None or args.iteration is not None:
         raise Hy3Error(f"{src}: holds HF safetensors, not a torch_dist checkpoint: --dtype and --iteration do not "
                        "apply (its tensors are copied as saved)")
-    from ..outputs import check_not_an_input
 
     check_not_an_input(args.output, [args.model])
     if load_config(src).to_transformers() != load_config(args.model).to_transformers():

@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+from ..data.check_template import check_template
+from ..data.convert import convert_file
+from ..data.encode import Encoder, load_tokenizer
+from ..data.output import encode_file
+from ..data.stats import stats_file, stats_json
+from ..data.tokenizer import write_standin_tokenizer
+from ..data.validate import require_valid, validate_files
 from ..errors import Hy3Error
 from ..fields import COUNT, POSITIVE_INT
-from ..outputs import OUT_DIR_HELP, OVERWRITE_DIR_HELP, OVERWRITE_FILE_HELP
+from ..formats.staging import new_dir
+from ..outputs import OUT_DIR_HELP, OVERWRITE_DIR_HELP, OVERWRITE_FILE_HELP, TOKENIZER
+from ..progress import log
+from ..swift.plugin import swift_plugin_path
 from .common import add_json, add_model_flag, add_model_operand, emit, model_operand
 
 ROW_FORMAT = ("A Hy3 row is one JSON object: {\"reasoning_effort\": \"high|low|no_think\" (optional, default "
@@ -141,7 +151,7 @@ def _add_check_template(d) -> None:
 
 def _add_plugin_path(d) -> None:
     q = d.add_parser("plugin-path", help="print the path of the ms-swift plugin file",
-                     description="Print the absolute path of megatron_hy/plugins/ms_swift.py, the one plugin for "
+                     description="Print the absolute path of megatron_hy/swift/plugin/ms_swift.py, the one plugin for "
                                  "ms-swift (Hy3 for mcore-bridge, and the hy3 / hy3_preview templates), for "
                                  "`megatron sft --custom_register_path $(hy3 data plugin-path) --template hy3` "
                                  "(hy3_preview for Hy3 preview).")
@@ -182,25 +192,18 @@ def _preserved(v: str) -> bool | None:
 
 
 def _encoder(args, path: str, backend: str):
-    from ..data.encode import Encoder, load_tokenizer
-
     tok = load_tokenizer(path)
     return Encoder(tok, variant=args.variant, loss_mode=args.loss_mode, backend=backend,
                    preserved_thinking=_preserved(getattr(args, "preserved_thinking", "default")), where=path)
 
 
 def run_validate(args) -> int:
-    from ..data.validate import validate_files
-
     rep = validate_files(args.files, quiet=args.quiet)
     print(rep.to_json() if args.json else rep.to_text(args.show))
     return 0 if rep.ok else 1
 
 
 def run_convert(args) -> int:
-    from ..data.convert import convert_file
-
-    from ..progress import log
 
     s = convert_file(args.input, args.output, args.fmt, skip_bad=args.skip_bad or args.allow_bad,
                      overwrite=args.overwrite, quiet=args.quiet)
@@ -213,9 +216,6 @@ def run_convert(args) -> int:
 
 
 def run_encode(args) -> int:
-    from ..data.output import encode_file
-
-    from ..progress import log
 
     enc = _encoder(args, args.model, args.backend)
     s = encode_file(args.input, args.output, enc, max_length=args.max_length, overflow=args.overflow,
@@ -230,8 +230,6 @@ def run_encode(args) -> int:
 
 
 def run_stats(args) -> int:
-    from ..data.stats import stats_file, stats_json
-
     enc = _encoder(args, args.model, "native") if args.model else None
     st = stats_file(args.input, enc, args.max_length, quiet=args.quiet)
     print(stats_json(st) if args.json else st.text())
@@ -239,10 +237,6 @@ def run_stats(args) -> int:
 
 
 def run_check_template(args) -> int:
-    from ..data.check_template import check_template
-    from ..data.encode import Encoder, load_tokenizer
-    from ..data.validate import require_valid
-
     model = model_operand(args, "model_dir", "MODEL_DIR")
     tok = load_tokenizer(model)
     kw = dict(variant=args.variant, loss_mode=args.loss_mode, preserved_thinking=_preserved(args.preserved_thinking),
@@ -264,8 +258,6 @@ def run_check_template(args) -> int:
 
 
 def _plugin() -> str:
-    from ..plugins import swift_plugin_path
-
     return str(swift_plugin_path())  # a file ms-swift imports by path
 
 
@@ -275,11 +267,6 @@ def run_plugin_path(args) -> int:
 
 
 def run_standin(args) -> int:
-    from ..data.tokenizer import write_standin_tokenizer
-    from ..outputs import TOKENIZER
-    from ..staging import new_dir
-
-    from ..progress import log
 
     with new_dir(args.outdir, TOKENIZER, overwrite=args.overwrite) as tmp:
         write_standin_tokenizer(tmp, variant=args.variant)

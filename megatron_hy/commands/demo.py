@@ -1,6 +1,7 @@
 """`hy3 demo`: run the whole pipeline on a tiny generated Hy3."""
 
 from __future__ import annotations
+from ..demo import run_demo
 
 
 def register(sub) -> None:
@@ -20,7 +21,6 @@ def run(args) -> int:
     import json
     import sys
 
-    from ..demo import run_demo
 
     if not args.json:
         return run_demo(args.workdir, keep=args.keep)

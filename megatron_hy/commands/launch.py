@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
-from ..fields import PORT, POSITIVE_FLOAT, integer
+import os
+
+from ..errors import Hy3Error
+from ..fields import PORT, POSITIVE_FLOAT
+from ..launch import format_dry_run, prepare_launch, start_node
+from ..plan.recipe import load_recipe, with_overrides
 from .common import add_json, add_model_flag, emit
-from .plan import RECIPE_HELP, add_cluster_args
+from .plan import add_cluster_args, RECIPE_HELP
 
 
 def register(sub) -> None:
@@ -52,93 +57,24 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    import os
-    import shutil
-    import sys
-
-    from ..errors import Hy3Error
-    from ..launch import (check_dataset, check_gpus, check_model_dir, check_output_dir, format_dry_run, megatron_argv,
-                          node_commands, resolve_cluster)
-    from ..launch_data import encode_all, plan_data, template_for, wait_for
-    from ..plan import format_plan, load_recipe, plan_recipe, with_overrides
-    from ..plan.swift_args import check_args
-
     if args.json and not args.dry_run:
         raise Hy3Error("--json goes with --dry-run (a real run execs megatron)")
     recipe = with_overrides(load_recipe(args.recipe), args.set, args.nodes, args.gpus_per_node, args.gpu_mem,
                             args.host_mem)
-    if recipe.args.get("max_length") is not None:  # 0 would mean "no limit" to the encoder, not what was asked
-        integer(recipe.args["max_length"], f"{recipe.path}: args", "max_length", lo=1)
-    data = plan_data(args.dataset, args.output_dir, recipe.args) if not args.export else plan_data([], None, {})
-    paths = {"model": args.model, "mcore_model": args.mcore_model, "mcore_adapter": args.mcore_adapter,
-             **(data.flags() if not args.export else {"dataset": args.dataset}), "output_dir": args.output_dir}
-    command = "export" if args.export else "sft"
-    flags = dict(recipe.args, **{k: v for k, v in paths.items() if v})
-    if args.export:
-        problems = check_args({k: v for k, v in paths.items() if v}, "export", where="hy3 launch")
-        if not args.mcore_model and not args.model:
-            problems.append("--export needs --mcore-model (to-hf) or --model (to-mcore)")
-    else:
-        problems = check_args(flags, "sft", where=f"{recipe.path}: args", lines=recipe.lines)
-        if not flags.get("model"):
-            problems.append("no model: pass --model HF_DIR (config and tokenizer are read from it)")
-        if not (flags.get("dataset") or flags.get("cached_dataset")):
-            problems.append("no training data: pass --dataset FILE.jsonl (or set dataset in the recipe)")
-        if data.problem:
-            problems.append(data.problem)
-    if problems:
-        raise Hy3Error(f"`megatron {command}` would reject this: " + "; ".join(problems))
-
-    # pre-flight: what a real run checks, a dry run checks too (GPUs aside)
-    cfg = check_model_dir(args.model, need_weights=not args.mcore_model) if args.model else None
-    for flag, d in (("--mcore-model", args.mcore_model), ("--mcore-adapter", args.mcore_adapter)):
-        if d and not os.path.isdir(d):
-            raise Hy3Error(f"{flag} {d}: no such directory (expected a Megatron torch_dist checkpoint)")
-    for d in args.dataset or []:
-        check_dataset(d)
-    if args.output_dir:  # ms-swift writes there: never into an input (outputs.py); ids of the hub are no paths
-        check_output_dir(args.output_dir, [args.model, args.mcore_model, args.mcore_adapter, *(args.dataset or [])])
-    if not args.export and "template" not in recipe.args:
-        # the plugin's template: it trains a row's reasoning_effort and reasoning_content (ms-swift's hy_v3 drops them)
-        paths["template"] = template_for(args.model)
-    argv = megatron_argv(recipe, paths, args.export)
-    if not args.export and not args.skip_plan:
-        plan = plan_recipe(recipe, cfg)
-        if not plan.ok:
-            print(format_plan(plan), file=sys.stderr)
-            what = f"{args.model}'s config.json" if cfg else "the bundled Hy3 config"
-            raise Hy3Error(f"{recipe.path}: {plan.verdict} (planned for {what}); fix the recipe (see the plan above) "
-                           f"or pass --skip-plan")
-        for kind, lines in (("warning", plan.warnings), ("note", plan.notes)):
-            for line in lines:
-                print(f"hy3 launch: {kind}: {line}", file=sys.stderr)
-
-    cluster = resolve_cluster(args.launcher, recipe.cluster.nodes, dict(os.environ), args.ip_list, args.master_port)
-    cmds = node_commands(recipe, cluster, argv)
-    if args.dry_run:
-        encode = data.describe(args.model) if data.encodings else []
-        if args.json:
-            emit(args, {"recipe": recipe.path, "encode_first": encode,
-                        "nodes": [{"rank": c.rank, "host": c.host, "env": c.env, "argv": c.argv} for c in cmds]})
-            return 0
-        if encode:
-            print("# node 0 first encodes the Hy3 rows into the run's directory (the other nodes wait for them):\n"
-                  + "\n".join("# " + line for line in encode) + "\n")
-        print(format_dry_run(cmds))
+    launch = prepare_launch(recipe, dict(os.environ), model=args.model, mcore_model=args.mcore_model,
+                            mcore_adapter=args.mcore_adapter, datasets=args.dataset, output_dir=args.output_dir,
+                            export=args.export, launcher=args.launcher, ip_list=args.ip_list,
+                            master_port=args.master_port, skip_plan=args.skip_plan)
+    if not args.dry_run:
+        start_node(launch, dict(os.environ), args.data_timeout)   # execs megatron: does not return
         return 0
-    if cluster.this_rank is None:
-        raise Hy3Error(f"cannot tell which node this is among {', '.join(h for h in cluster.hosts if h)}: "
-                       f"set LOCAL_IP or NODE_RANK")
-    if not shutil.which(argv[0]):
-        raise Hy3Error(f"`{argv[0]}` is not on PATH; install ms-swift (see Dockerfile) on every node")
-    check_gpus(recipe.cluster.gpus_per_node, dict(os.environ))
-    if data.encodings:
-        if cluster.this_rank == 0:
-            encode_all(data, args.model)
-        else:
-            wait_for(data, args.data_timeout)
-    mine = cmds[cluster.this_rank]
-    print(f"hy3 launch: node {mine.rank} of {len(cmds)}\n{mine.shell()}", file=sys.stderr, flush=True)
-    env = dict(os.environ, **mine.env)
-    os.execvpe(mine.argv[0], mine.argv, env)
-    return 0  # not reached
+    encode = launch.data.describe(args.model) if launch.data.encodings else []
+    if args.json:
+        emit(args, {"recipe": recipe.path, "encode_first": encode,
+                    "nodes": [{"rank": c.rank, "host": c.host, "env": c.env, "argv": c.argv} for c in launch.cmds]})
+        return 0
+    if encode:
+        print("# node 0 first encodes the Hy3 rows into the run's directory (the other nodes wait for them):\n"
+              + "\n".join("# " + line for line in encode) + "\n")
+    print(format_dry_run(launch.cmds))
+    return 0

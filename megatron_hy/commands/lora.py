@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+from ..dtypes import CAST
 from ..fields import POSITIVE_FLOAT, POSITIVE_INT
+from ..lora.export import export_peft
+from ..lora.merge import merge_lora
+from ..lora.tiny import write_tiny_adapter
 from ..outputs import OUT_DIR_HELP, OVERWRITE_DIR_HELP
+from ..progress import log
+from ..swift.runs import holds_torch_dist
 from .common import (RUN_HELP, add_checkpoint_flag, add_json, add_model_flag, add_model_operand, emit, model_operand,
                      picked_checkpoint)
 
@@ -27,7 +33,7 @@ def register(sub) -> None:
     q.add_argument("--adapter", required=True, metavar="DIR", help=ADAPTER_HELP)
     add_checkpoint_flag(q)
     q.add_argument("output", metavar="OUT", help=OUT_DIR_HELP)
-    q.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default=None,
+    q.add_argument("--dtype", choices=CAST, default=None,
                    help="weight dtype of the output (default: the base's; the router expert bias stays fp32)")
     q.add_argument("--rslora", choices=["auto", "on", "off"], default="auto", help=RSLORA_HELP)
     q.add_argument("--workers", type=int, default=4, help="shards written in parallel (default 4)")
@@ -75,8 +81,6 @@ def register(sub) -> None:
 
 def _adapter(args):
     """The adapter directory: --adapter itself, or the checkpoint-N picked in an ms-swift run."""
-    from ..progress import log
-    from ..swift_runs import holds_torch_dist
 
     from pathlib import Path
 
@@ -90,8 +94,6 @@ def _adapter(args):
 
 
 def run_merge(args) -> int:
-    from ..lora.merge import merge_lora
-
     emit(args, merge_lora(args.model, _adapter(args), args.output, dtype=args.dtype, workers=args.workers,
                           max_shard_size=args.max_shard_size, rslora=args.rslora, overwrite=args.overwrite,
                           quiet=args.quiet))
@@ -99,17 +101,12 @@ def run_merge(args) -> int:
 
 
 def run_export(args) -> int:
-    from ..lora.export import export_peft
-
     emit(args, dict(export_peft(_adapter(args), args.model, args.output, rslora=args.rslora, strict=args.strict,
                                 overwrite=args.overwrite, quiet=args.quiet), output=str(args.output)))
     return 0
 
 
 def run_make_tiny(args) -> int:
-    from ..lora.tiny import write_tiny_adapter
-    from ..progress import log
-
     targets = [k for k in args.targets.split(",") if k]
     out = write_tiny_adapter(model_operand(args, "base", "HF_DIR"), args.output, args.format, targets,
                              rank=args.rank, alpha=args.alpha, seed=args.seed, saved_tp=args.saved_tp, zero=args.zero,

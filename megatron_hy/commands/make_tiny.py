@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from dataclasses import fields
 
+from ..config import config_from_dict
+from ..dtypes import CAST
 from ..fields import COUNT, POSITIVE_INT
 from ..outputs import OUT_DIR_HELP, OVERWRITE_DIR_HELP
+from ..tiny import TinySpec, write_tiny
 from .common import add_json, emit
 
 
 def register(sub) -> None:
-    from ..tiny import TinySpec
-
     p = sub.add_parser("make-tiny", help="write a tiny random Hy3 checkpoint",
                        description="Write a tiny random Hy3 checkpoint built with transformers' HYV3ForCausalLM: "
                                    "several shards, one MoE layer's experts straddling a shard boundary, MTP "
@@ -21,7 +22,7 @@ def register(sub) -> None:
     p.add_argument("--format", choices=["inner", "outer"], default="inner",
                    help="inner: one tensor per expert, as published (default); outer: fused 3D expert tensors")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--dtype", choices=["bf16", "fp32", "fp16"], default="bf16", help="weight dtype (default bf16)")
+    p.add_argument("--dtype", choices=CAST, default="bf16", help="weight dtype (default bf16)")
     p.add_argument("--config-style", choices=["transformers", "tencent"], default="transformers",
                    help="spelling of config.json: transformers' HYV3Config (default) or Tencent's")
     p.add_argument("--no-tokenizer", action="store_true", help="do not write the stand-in tokenizer")
@@ -41,9 +42,6 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from ..config import config_from_dict
-    from ..tiny import TinySpec, write_tiny
-
     spec = TinySpec(**{f.name: getattr(args, f.name) for f in fields(TinySpec)})
     config_from_dict(spec.config(args.dtype).to_tencent(), "make-tiny flags")  # heads vs kv heads, top-k vs experts
     out = write_tiny(args.outdir, spec, fmt=args.format, seed=args.seed, dtype=args.dtype,

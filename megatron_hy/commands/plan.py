@@ -3,7 +3,16 @@
 
 from __future__ import annotations
 
+from ..config import load_config
+from ..errors import Hy3Error
 from ..fields import POSITIVE_FLOAT, POSITIVE_INT
+from ..plan import format_plan, load_recipe, plan_json, plan_recipe, with_overrides
+from ..plan.files import check_new
+from ..plan.planner import DEFAULT_CONFIG
+from ..plan.plot import plot_plan, plot_search
+from ..plan.recipe import bundled_recipes, parse_override
+from ..plan.search import base_from, recipe_text, search, Spec, write_recipe
+from ..plan.search_report import format_search, search_dict
 from ..progress import log
 from .common import add_json, add_model_flag, emit
 
@@ -69,9 +78,6 @@ def register(sub) -> None:
 
 
 def load_planned(args):
-    from ..config import load_config
-    from ..plan import load_recipe, plan_recipe, with_overrides
-
     recipe = with_overrides(load_recipe(args.recipe), args.set, args.nodes, args.gpus_per_node, args.gpu_mem,
                             getattr(args, "host_mem", None))
     cfg = load_config(args.model) if args.model else None
@@ -80,15 +86,12 @@ def load_planned(args):
 
 def _check_new_file(args, path: str | None, suffix: str | None = None) -> None:
     """Refuse an output file name before any work is done (it is checked again when written)."""
-    from ..plan.files import check_new
 
     if path is not None:
         check_new(path, suffix, [args.recipe, args.model])
 
 
 def run_list(args) -> int:
-    from ..plan.recipe import bundled_recipes, load_recipe
-
     rows = []
     for path in bundled_recipes():
         r = load_recipe(path)
@@ -104,8 +107,6 @@ def run_list(args) -> int:
 
 
 def run(args) -> int:
-    from ..errors import Hy3Error
-
     if args.list:
         if args.recipe or args.search:
             raise Hy3Error("--list takes no RECIPE and no --search")
@@ -118,14 +119,12 @@ def run(args) -> int:
     for flag in ("seq", "lora", "mtp", "write_recipe"):
         if getattr(args, flag):
             raise Hy3Error(f"--{flag.replace('_', '-')} belongs to --search")
-    from ..plan import format_plan, plan_json
 
     plan = load_planned(args)
     if args.measured_step is not None:
         return _refit(plan, args)
     print(plan_json(plan) if args.json else format_plan(plan))
     if args.plot and plan.ranks:
-        from ..plan.plot import plot_plan
         plot_plan(plan, args.plot)
         log(f"wrote {args.plot}: per-GPU memory of every pipeline rank and the fullest node's host memory")
     return 0 if plan.ok else 1
@@ -133,10 +132,6 @@ def run(args) -> int:
 
 def _search_spec(args):
     """The search's cluster and base arguments: the flags, over the recipe's when one is given."""
-    from ..errors import Hy3Error
-    from ..plan import load_recipe, with_overrides
-    from ..plan.recipe import parse_override
-    from ..plan.search import Spec, base_from
 
     recipe = load_recipe(args.recipe) if args.recipe else None
     if recipe is not None:
@@ -169,7 +164,6 @@ def _search_spec(args):
 def _refit(plan, args) -> int:
     import json
 
-    from ..errors import Hy3Error
 
     if not plan.step:
         raise Hy3Error(f"{plan.recipe.path}: {plan.verdict}; no step-time model to re-fit")
@@ -191,11 +185,6 @@ def _refit(plan, args) -> int:
 
 
 def run_search(args) -> int:
-    from ..config import load_config
-    from ..plan.planner import DEFAULT_CONFIG
-    from ..plan.search import recipe_text, search, write_recipe
-    from ..plan.search_report import format_search, search_dict
-
     _check_new_file(args, args.write_recipe)
     spec = _search_spec(args)
     result = search(spec, load_config(args.model or DEFAULT_CONFIG))
@@ -204,8 +193,6 @@ def run_search(args) -> int:
         write_recipe(args.write_recipe, recipe_text(result.layouts[0], spec))
         wrote = args.write_recipe
     if args.plot and result.layouts:
-        from ..plan.plot import plot_search
-
         plot_search(result.layouts, args.plot, f"{spec.nodes} x {spec.gpus_per_node} x {spec.gpu_memory_gb:g} GB")
     d = search_dict(result)
     d["recipe_written"] = wrote

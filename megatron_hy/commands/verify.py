@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import json
 
-from ..fields import POSITIVE_FLOAT, POSITIVE_INT, index_list
-from .common import RUN_HELP, add_checkpoint_flag, add_json, add_model_operand, model_operand, picked_checkpoint
+from ..errors import Hy3Error
+from ..fields import index_list, POSITIVE_FLOAT, POSITIVE_INT
+from ..megatron.device import DTYPES
+from ..megatron.parity import run_parity as run, TOLERANCE, verify_parity
+from .common import add_checkpoint_flag, add_json, add_model_operand, model_operand, picked_checkpoint, RUN_HELP
 
 
 def register(sub) -> None:
@@ -36,7 +39,7 @@ def register(sub) -> None:
                    help="build only these decoder layers (0-based, as in model.layers.N; e.g. 0,1,79 or 0-3), "
                         "plus embedding, final norm, output layer and the MTP layer, on both sides; reads only "
                         "their tensors. Default: every layer")
-    q.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32",
+    q.add_argument("--dtype", choices=DTYPES, default="fp32",
                    help="the Megatron model's dtype (default fp32); the reference is always fp32")
     q.add_argument("--tp", type=POSITIVE_INT, default=1, help="tensor parallel size (default 1)")
     q.add_argument("--pp", type=POSITIVE_INT, default=1, help="pipeline parallel size (default 1)")
@@ -64,9 +67,6 @@ def register(sub) -> None:
 
 
 def run_parity(args) -> int:
-    from ..errors import Hy3Error
-    from ..megatron.parity import TOLERANCE, run_parity as run, verify_parity
-
     if (args.adapter is None) != (args.base is None):
         raise Hy3Error("--adapter and --base go together")
     if args.adapter and args.mcore:

@@ -1,1 +1,1 @@
-"""Checkpoint conversions: one module per direction, and the on-disk formats they read and write."""
+"""Checkpoint conversions: one module per direction, and which pieces Megatron stores (`mcore_pieces`)."""

@@ -18,20 +18,22 @@ from pathlib import Path
 
 from .. import __version__
 from ..config import Hy3Config
+from ..dtypes import CAST, torch_dtype
 from ..errors import Hy3Error
-from ..hf_checkpoint import HFCheckpoint
-from ..hf_writer import kill_hook, run_jobs
-from ..mapping import MCoreTensor, mcore_tensors
-from ..progress import Progress, human_bytes, log
-from ..safetensors_io import parse_size, torch_dtype
+from ..formats import dcp
+from ..formats.hf_checkpoint import HFCheckpoint
+from ..formats.hf_writer import run_jobs
+from ..formats.manifest import dtype_record, write_manifest
+from ..formats.safetensors_io import CHUNK_BYTES, parse_size, read_array
+from ..formats.staging import plan_id, StagedDir
+from ..formats.torch_dist import iter_dir_name, TRACKER, write_iteration_files
+from ..mapping import keeps_dtype, mcore_tensors, MCoreTensor
+from ..megatron.config import check_supported
+from ..megatron.weights import check_covered
 from ..outputs import TORCH_DIST
-from ..staging import StagedDir, plan_id
+from ..progress import human_bytes, log, Progress
 from ..transforms import to_mcore
-from . import dcp
-from .dcp import CHUNK_BYTES
-from .manifest import dtype_record, write_manifest
 from .mcore_pieces import empty_extra_state, megatron_layout
-from .torch_dist import TRACKER, iter_dir_name, write_iteration_files
 
 
 # --- HF -> Megatron regions ---------------------------------------------------------------------
@@ -68,14 +70,13 @@ class HFSource:
                 parts.append(torch.zeros((r1 - max(r0, start),) + tuple(cols), dtype=parts[0].dtype if parts else
                                          torch_dtype(self.hf.dtype(names[0]))))
             out = torch.cat(parts, 0) if len(parts) > 1 else parts[0]
-        if self.dtype is None or t.key.endswith("router.expert_bias"):
+        if self.dtype is None or keeps_dtype(t.key):
             return out  # megatron-core keeps the router's expert bias in fp32
         return out.to(self.dtype)
 
     def _read_rows(self, name: str, r0: int, r1: int, reuse: bool = False):
         import torch
 
-        from ..safetensors_io import read_array
 
         shape = self.hf.logical[name].shape
         file, off, _ = self.hf.source(name)
@@ -113,7 +114,7 @@ def plan_chunks(layout: dict, tensors: dict[str, MCoreTensor], source: HFSource,
 
 
 def chunk_dtype(source: HFSource, t: MCoreTensor):
-    if source.dtype is None or t.key.endswith("router.expert_bias"):
+    if source.dtype is None or keeps_dtype(t.key):
         return torch_dtype(source.hf.dtype(t.sources(0 if t.experts is not None else None)[0]))
     return source.dtype
 
@@ -160,7 +161,6 @@ def hf_to_mcore(hf_dir: str | Path, out: str | Path, workers: int = 4, dtype: st
     log(f"reading Megatron's layout for this model (meta-device GPTModel, {cfg.num_layers} layers)", quiet)
     layout = megatron_layout(cfg, padded, in_process)
     tensors = {t.key: t for t in mcore_tensors(cfg, padded)}
-    from ..megatron.weights import check_covered
 
     check_covered(cfg, {p.key for p in layout["pieces"]}, padded)
     source = HFSource(hf, tensors, target)
@@ -193,17 +193,14 @@ def hf_to_mcore(hf_dir: str | Path, out: str | Path, workers: int = 4, dtype: st
 
 def _check_args(cfg: Hy3Config, padded_vocab: int | None, dtype: str | None, workers: int) -> tuple:
     """(padded vocabulary, torch dtype of the weights or None to keep the HF dtypes), or a clear error."""
-    import torch
-
-    from ..megatron.config import check_supported
 
     check_supported(cfg)
     padded = padded_vocab or cfg.vocab_size
     if padded < cfg.vocab_size:
         raise Hy3Error(f"--padded-vocab {padded} is smaller than the vocabulary ({cfg.vocab_size})")
-    target = {"bf16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16, None: None}.get(dtype, "bad")
-    if target == "bad":
+    if dtype is not None and dtype not in CAST:
         raise Hy3Error(f"--dtype {dtype!r}: expected bf16, fp16 or fp32")
+    target = torch_dtype(dtype) if dtype is not None else None
     if workers < 1:
         raise Hy3Error(f"--workers {workers}: expected at least 1")
     return padded, target
@@ -218,8 +215,7 @@ def _write_data_files(stage: StagedDir, it: Path, names: list[str], groups: list
     if stage.resumed and len(todo) < len(names):
         log(f"resuming {stage.partial}: {len(names) - len(todo)} of {len(names)} data files already written", quiet)
     prog = Progress("hf->mcore", sum(elem_bytes[id(c)] for i, _ in todo for c in groups[i]), quiet)
-    on_bytes = kill_hook(prog.add)
-    results = run_jobs(stage.partial, [lambda i=i, n=n: dcp.write_file(it / n, groups[i], objects if i == 0 else [], on_bytes)
+    results = run_jobs(stage.partial, [lambda i=i, n=n: dcp.write_file(it / n, groups[i], objects if i == 0 else [], prog.add)
                                        for i, n in todo], workers)
     for (_, n), r in zip(todo, results):
         done[n] = r

@@ -12,12 +12,13 @@ import os
 from pathlib import Path
 
 from ..errors import Hy3Error
-from ..hf_checkpoint import HFCheckpoint
-from ..hf_writer import kill_hook, layout_tensors, run_jobs
-from ..progress import Progress, human_bytes, log
-from ..safetensors_io import CopyLimits, OutTensor, parse_size, plan_shards, shard_name, write_index, write_shard
+from ..formats.hf_checkpoint import HFCheckpoint
+from ..formats.hf_writer import layout_tensors, run_jobs
+from ..formats.safetensors_io import (CopyLimits, OutTensor, parse_size, plan_shards, shard_name, write_index,
+                                      write_shard)
+from ..formats.staging import StagedDir, copy_other_files, plan_id
 from ..outputs import HF_CHECKPOINT
-from ..staging import StagedDir, copy_other_files, plan_id
+from ..progress import Progress, human_bytes, log
 
 
 def plan_layout(src: HFCheckpoint, to: str) -> list[OutTensor]:
@@ -51,8 +52,7 @@ def convert_layout(src_dir: str | Path, out_dir: str | Path, to: str, workers: i
     if stage.resumed:
         log(f"resuming {stage.partial}: {len(groups) - len(todo)} of {len(groups)} shards already written", quiet)
     prog = Progress(f"{src.layout}->{to}", sum(t.nbytes for _, g in todo for t in g), quiet)
-    on_bytes = kill_hook(prog.add)
-    run_jobs(stage.partial, [lambda n=n, g=g: write_shard(stage.path(n), g, on_bytes, limits=limits)
+    run_jobs(stage.partial, [lambda n=n, g=g: write_shard(stage.path(n), g, prog.add, limits=limits)
                              for n, g in todo], workers)
     seconds = prog.finish()
     weight_map = {t.key: n for n, g in zip(names, groups) for t in g}

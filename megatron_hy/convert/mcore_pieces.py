@@ -11,7 +11,11 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from ..config import Hy3Config
+from ..config import config_from_dict, Hy3Config
+from ..mapping import MCORE_MTP_TE_MODULES, mcore_prefix, mcore_tensors
+from ..megatron.harness import apply_cpu_shims, CPU_CONFIG, free_port, init_parallel, run_distributed
+from ..megatron.model import build_gpt_model, make_transformer_config
+from ..megatron.weights import model_sharded_state_dict
 
 
 @dataclass(frozen=True)
@@ -28,10 +32,6 @@ def _layout_rank(rank: int, world: int, cfg_dict: dict, padded_vocab: int) -> di
     import torch
     from megatron.core.dist_checkpointing.mapping import ShardedObject, ShardedTensor, ShardedTensorFactory
 
-    from ..config import config_from_dict
-    from ..megatron.harness import CPU_CONFIG, init_parallel
-    from ..megatron.model import build_gpt_model, make_transformer_config
-    from ..megatron.weights import model_sharded_state_dict
 
     init_parallel()
     cfg = config_from_dict(cfg_dict)
@@ -39,6 +39,9 @@ def _layout_rank(rank: int, world: int, cfg_dict: dict, padded_vocab: int) -> di
     with torch.device("meta"):
         model = build_gpt_model(cfg, tconfig, padded_vocab=padded_vocab, use_te=False)
     pieces, objects = [], []
+    # Tensors of standalone transformer-engine ops in the TE spec (GPU training): TE ops carry an
+    # `_extra_state` that the TE model asks the checkpoint for.
+    te_ops = {t.key for t in mcore_tensors(cfg, padded_vocab) if t.row.te_op}
     stack = [model_sharded_state_dict(model)]
     while stack:
         node = stack.pop()
@@ -52,21 +55,23 @@ def _layout_rank(rank: int, world: int, cfg_dict: dict, padded_vocab: int) -> di
             n = node.prepend_axis_num
             pieces.append(Piece(node.key, tuple(node.global_shape), tuple(node.global_offset),
                                 (1,) * n + tuple(node.local_shape), n))
-            if node.key.endswith("norm.weight"):
-                # Standalone norms are transformer-engine RMSNorm ops in the TE spec (GPU training), and
-                # TE ops carry an `_extra_state` that the TE model asks the checkpoint for.
-                objects.append(ShardedObject(node.key[: -len("weight")] + "_extra_state", None,
-                                             (1,), (0,), replica_id=0).unique_key)
+            if node.key in te_ops:
+                objects.append(_extra_state(node.key.rsplit(".", 1)[0]))
         elif isinstance(node, ShardedObject):
             objects.append(node.unique_key)
+    # under the MTP layers' decoder layers, whatever megatron-core names them (mcore_versions.MTP_LAYER_RENAMED)
+    mtp = tuple(mcore_prefix(cfg, i, "mtp") for i in cfg.mtp_layers)
+    ends = tuple("." + m for m in MCORE_MTP_TE_MODULES)
     for name, _ in model.named_modules():
-        if name.startswith("mtp.layers.") and name.endswith(".self_attention.core_attention"):
-            # In the TE spec the attention core is TE's DotProductAttention, a TE module with an
-            # `_extra_state`. megatron-core's TEDotProductAttention.sharded_state_dict leaves it out,
-            # but MultiTokenPredictionBlock.sharded_state_dict also adds its layers' plain
-            # state_dict, which has it, so the TE model asks the checkpoint for it in MTP layers.
-            objects.append(ShardedObject(name + "._extra_state", None, (1,), (0,), replica_id=0).unique_key)
+        if name.startswith(mtp) and name.endswith(ends):
+            objects.append(_extra_state(name))
     return {"pieces": sorted(pieces, key=lambda p: (p.key, p.offsets)), "objects": sorted(set(objects))}
+
+
+def _extra_state(module: str) -> str:
+    from megatron.core.dist_checkpointing.mapping import ShardedObject
+
+    return ShardedObject(module + "._extra_state", None, (1,), (0,), replica_id=0).unique_key
 
 
 def megatron_layout(cfg: Hy3Config, padded_vocab: int, in_process: bool = False) -> dict:
@@ -74,13 +79,10 @@ def megatron_layout(cfg: Hy3Config, padded_vocab: int, in_process: bool = False)
     one-shot CLI process: saves starting another); otherwise in a fresh process, keeping the caller clean."""
     args = ({**cfg.to_transformers(), "model_type": "hy_v3"}, padded_vocab)
     if not in_process:
-        from ..megatron.harness import run_distributed
-
         return run_distributed(_layout_rank, 1, *args)[0]
     import torch.distributed as dist
     from megatron.core import parallel_state as ps
 
-    from ..megatron.harness import apply_cpu_shims, free_port
 
     apply_cpu_shims()
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")

@@ -12,18 +12,18 @@ import threading
 from pathlib import Path
 
 from ..config import Hy3Config, load_config
+from ..dtypes import CAST, dtype_name, torch_dtype, torch_name
 from ..errors import Hy3Error
-from ..hf_writer import kill_hook, layout_tensors, run_jobs
-from ..mapping import logical_tensors, mcore_tensors
-from ..progress import Progress, human_bytes, log
-from ..safetensors_io import dtype_name, torch_dtype
+from ..formats import dcp
+from ..formats.hf_writer import layout_tensors, run_jobs
+from ..formats.manifest import file_xxh3, MANIFEST, recorded_dtypes, write_manifest
+from ..formats.safetensors_io import CHUNK_BYTES, parse_size, plan_shards, shard_name, write_index, write_shard
+from ..formats.staging import copy_other_files, plan_id, StagedDir
+from ..formats.torch_dist import find_iteration_dir
+from ..mapping import keeps_dtype, logical_tensors, MCORE_EMBED, mcore_tensors
 from ..outputs import HF_CHECKPOINT
-from ..staging import StagedDir, copy_other_files, plan_id
+from ..progress import human_bytes, log, Progress
 from ..transforms import from_mcore
-from . import dcp
-from .dcp import CHUNK_BYTES
-from .manifest import MANIFEST, file_xxh3, recorded_dtypes, write_manifest
-from .torch_dist import find_iteration_dir
 
 
 class MCoreSource:
@@ -72,7 +72,6 @@ def mcore_to_hf(mcore_dir: str | Path, out: str | Path, hf_config: str | Path, f
     """chunk_bytes: the largest row block of an HF tensor assembled at once (tests set it small)."""
     import xxhash
 
-    from ..safetensors_io import parse_size, plan_shards, shard_name, write_index, write_shard
 
     if fmt not in ("inner", "outer"):
         raise Hy3Error(f"--format must be inner or outer, not {fmt!r}")
@@ -96,11 +95,10 @@ def mcore_to_hf(mcore_dir: str | Path, out: str | Path, hf_config: str | Path, f
     if stage.resumed and len(todo) < len(groups):
         log(f"resuming {stage.partial}: {len(groups) - len(todo)} of {len(groups)} shards already written", quiet)
     prog = Progress("mcore->hf", sum(t.nbytes for _, g in todo for t in g), quiet)
-    on_bytes = kill_hook(prog.add)
 
     def write(name, group):
         digest = xxhash.xxh3_128()
-        write_shard(stage.path(name), group, on_bytes, digest)
+        write_shard(stage.path(name), group, prog.add, digest)
         stage.path(name + ".xxh3").write_text(digest.hexdigest())  # for the manifest of a resumed run
 
     run_jobs(stage.partial, [lambda n=n, g=g: write(n, g) for n, g in todo], workers)
@@ -121,7 +119,7 @@ def mcore_to_hf(mcore_dir: str | Path, out: str | Path, hf_config: str | Path, f
 def _open_source(it: Path, cfg: Hy3Config, hf_config) -> MCoreSource:
     """The checkpoint's tensors through the mapping table, once they are known to be what the config implies."""
     reader = dcp.DcpReader(it)
-    emb = "embedding.word_embeddings.weight"
+    emb = MCORE_EMBED
     if emb not in reader.tensors:
         raise Hy3Error(f"{it}: no {emb}; not a Megatron GPT checkpoint")
     padded = reader.shape(emb)[0]
@@ -138,14 +136,12 @@ def _out_dtype(src: MCoreSource, cfg: Hy3Config, dtype: str | None, recorded: di
     bias: the recorded dtype, else fp32, as HF Hy3 keeps it (transformers: _keep_in_fp32_modules_strict)."""
     import torch
 
-    names = {"bf16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16,
-             "bfloat16": torch.bfloat16, "float32": torch.float32, "float16": torch.float16}
-    if dtype is not None and dtype not in names:
+    if dtype is not None and dtype not in {*CAST, *map(torch_name, CAST)}:
         raise Hy3Error(f"--dtype {dtype!r}: expected bf16, fp16 or fp32")
-    target = names.get(dtype) or names.get(cfg.dtype or "")
+    target = torch_dtype(dtype or cfg.dtype) if (dtype or cfg.dtype) else None
 
     def out_dtype(name):
-        bias = name.endswith("mlp.expert_bias")
+        bias = keeps_dtype(name)
         d = src.dtype(name)
         if recorded is not None and d.is_floating_point and (bias or dtype is None):
             return torch_dtype(recorded["tensors"].get(name, recorded["default"]))

@@ -5,17 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import Hy3Error
+from .check_template import check_template
+from .encode import Encoder, load_tokenizer
+from .output import encode_file
+from .tokenizer import write_standin_tokenizer
+from .validate import Report, rows, validate_files
 
 DEMO_DATA = Path(__file__).resolve().parent.parent / "assets" / "demo_data.jsonl"
 
 
 def step_data(ctx: dict) -> str:
-    from .check_template import check_template
-    from .encode import Encoder, load_tokenizer
-    from .output import encode_file
-    from .tokenizer import write_standin_tokenizer
-    from .validate import validate_files
-
     work = Path(ctx["work"]) / "data"
     rep = validate_files([DEMO_DATA])
     if not rep.ok:
@@ -34,6 +33,4 @@ def step_data(ctx: dict) -> str:
 
 
 def _rows(path: Path):
-    from .validate import Report, rows
-
     return list(rows(path, Report()))

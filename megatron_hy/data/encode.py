@@ -25,7 +25,7 @@ from ..errors import Hy3Error
 from .fasttok import PieceTokenizer
 from .render import render, to_messages
 from .rows import Conversation
-from .tokens import TokenSet, detect_variant, get_variant
+from .tokens import detect_variant, get_variant, TokenSet
 
 LOSS_MODES = ("all", "last", "per-turn")
 BACKENDS = ("native", "jinja")

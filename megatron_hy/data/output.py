@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import Hy3Error
-from ..outputs import SWIFT_DATASET, check_dir, check_file, temp_file, written_kind
-from ..progress import Progress, log
-from ..staging import kill_point, new_dir
+from ..formats.staging import new_dir
+from ..outputs import check_dir, check_file, SWIFT_DATASET, temp_file, written_kind
+from ..progress import log, Progress
 from .encode import Encoder, Example
 from .validate import Report, require_valid, rows
 
@@ -116,7 +116,6 @@ def encode_file(src: str | Path, out: str | Path, enc: Encoder, max_length: int 
             else:
                 log(f"{swift_dataset}: already holds the dataset of these rows (an interrupted run published it); "
                     f"writing {out} beside it", quiet)
-            kill_point("encode:dataset-published")
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)

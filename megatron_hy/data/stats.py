@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ..errors import Hy3Error
 from ..progress import Progress
-from .encode import IGNORE, Encoder
+from .encode import Encoder, IGNORE
 from .reader import read_records
 from .validate import EMPTY, Report, require_valid, rows
 

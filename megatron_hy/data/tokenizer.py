@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ..errors import Hy3Error
 from .chat_template import template_for
-from .tokens import PREVIEW, RELEASE, get_variant
+from .tokens import get_variant, PREVIEW, RELEASE
 
 SIZE = 512
 

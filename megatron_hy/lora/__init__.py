@@ -1,1 +1,2 @@
-"""LoRA for Hy3: read adapters in every format ms-swift and PEFT write, merge them, export them as PEFT."""
+"""LoRA for Hy3: merge adapters into HF weights, export them as PEFT, write random ones for tests (the adapter
+formats are read by `formats/adapters.py`)."""

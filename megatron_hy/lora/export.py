@@ -19,18 +19,17 @@ from pathlib import Path
 
 from .. import __version__
 from ..errors import Hy3Error
-from ..hf_checkpoint import HFCheckpoint
-from ..progress import log
+from ..formats.adapters import open_adapter
+from ..formats.hf_checkpoint import HFCheckpoint
+from ..formats.staging import new_dir
+from ..mapping import fused_rows, fused_shape, fused_specs, LAYER, Logical, logical_tensors, PEFT_PREFIX, ROUTER
 from ..outputs import ADAPTER, check_dir
-from ..staging import new_dir
-from .adapters import open_adapter
-
-PREFIX = "base_model.model."
+from ..progress import log
 
 
-def _module(name: str) -> str:
-    """Logical (Tencent) tensor name -> transformers module name."""
-    return name[: -len(".weight")].replace(".mlp.shared_mlp.", ".mlp.shared_experts.")
+def _module(t: Logical) -> str:
+    """A logical (Tencent) tensor -> its transformers module name (the outer layout's spelling)."""
+    return t.outer_key[: -len(".weight")]
 
 
 def export_peft(adapter_dir: str | Path, base_dir: str | Path, out: str | Path, rslora: str = "auto",
@@ -82,24 +81,26 @@ def _peft_tensors(cfg, adapter) -> tuple[dict, list, list, dict, list]:
     params: list[str] = []
     ranks: dict[str, tuple[int, float]] = {}
     skipped: list[str] = []
+    # layer -> expert row (its inner name pattern) -> expert -> factors
     experts: dict[int, dict[str, dict[int, object]]] = defaultdict(lambda: defaultdict(dict))
+    logical = {t.name: t for t in logical_tensors(cfg)}
     for name in adapter.targets():
-        layer = _layer(name)
+        t = logical[name]
+        layer = t.layer
         if layer is not None and layer >= cfg.num_layers:
             skipped.append(f"{name} (MTP layer {layer}: HYV3ForCausalLM has no MTP module)")
             continue
-        if name.endswith(".mlp.router.gate.weight"):
+        if t.spec.inner == ROUTER:
             skipped.append(f"{name} (the router is not a Linear module in HYV3ForCausalLM)")
             continue
-        if ".mlp.experts." in name:
-            e, proj = name.split(".mlp.experts.")[1].split(".")[:2]
-            experts[layer][proj][int(e)] = adapter.factors(name)
+        if t.expert is not None:
+            experts[layer][t.spec.inner][t.expert] = adapter.factors(name)
             continue
         f = adapter.factors(name)
-        module = _module(name)
+        module = _module(t)
         # PEFT keeps one lora_A per module, even where Megatron shares it (q/k/v, gate/up)
-        tensors[f"{PREFIX}{module}.lora_A.weight"] = f.A.clone()
-        tensors[f"{PREFIX}{module}.lora_B.weight"] = f.B.clone()
+        tensors[f"{PEFT_PREFIX}{module}.lora_A.weight"] = f.A.clone()
+        tensors[f"{PEFT_PREFIX}{module}.lora_B.weight"] = f.B.clone()
         modules.append(module)
         ranks[module] = (f.A.shape[0], _scaling_of(adapter, name))
     for layer, projs in sorted(experts.items()):
@@ -117,57 +118,42 @@ def _write(tmp: Path, tensors: dict, config: dict, report: dict) -> None:
     (tmp / "export_report.json").write_text(json.dumps(report, indent=2) + "\n")
 
 
-def _layer(name: str) -> int | None:
-    if not name.startswith("model.layers."):
-        return None
-    return int(name.split(".")[2])
-
-
 def _scaling_of(adapter, name: str) -> float:
     pairs = getattr(adapter, "pairs", None)
     return pairs[name][1] if pairs else adapter.scaling
 
 
 def _export_experts(cfg, adapter, layer: int, projs: dict, tensors: dict, params: list, ranks: dict) -> None:
-    """HYV3Experts' 3D tensors through PEFT ParamWrapper: gate_up_proj inner, down_proj outer."""
+    """HYV3Experts' 3D tensors through PEFT ParamWrapper: with two, the first defined (gate_up_proj) inner, the
+    other outer. One lora_A for the expert rows a fused tensor stacks when they share it (gate and up, as Megatron
+    trains them), else one block of rank r each, with block-diagonal lora_B."""
     import torch
 
-    E, F, H = cfg.num_experts, cfg.moe_ffn, cfg.hidden_size
-    prefix = f"model.layers.{layer}.mlp.experts"
-    names = {p: f"model.layers.{layer}.mlp.experts.{{e}}.{p}.weight" for p in ("gate_proj", "up_proj", "down_proj")}
+    E, prefix = cfg.num_experts, LAYER.format(i=layer)
     built = {}
-    if "gate_proj" in projs or "up_proj" in projs:
-        g, u = projs.get("gate_proj", {}), projs.get("up_proj", {})
-        r = max(f.A.shape[0] for f in list(g.values()) + list(u.values()))
-        shared = all(e in g and e in u and torch.equal(g[e].A, u[e].A) for e in range(E))
-        rank = r if shared else 2 * r
-        A = torch.zeros(E, rank, H)
-        B = torch.zeros(2 * F, rank, E)
+    for key, specs in fused_specs().items():
+        got = [projs.get(t.inner, {}) for t in specs]
+        if not any(got):
+            continue
+        _, rows, cols = fused_shape(key, cfg)
+        r = max(f.A.shape[0] for g in got for f in g.values())
+        shared = all(e in g and torch.equal(got[0][e].A, g[e].A) for g in got for e in range(E))
+        rank = r if shared else len(specs) * r
+        A = torch.zeros(E, rank, cols)
+        B = torch.zeros(rows, rank, E)
         for e in range(E):
-            if shared:
-                A[e] = g[e].A
-                B[:F, :, e], B[F:, :, e] = g[e].B, u[e].B
-            else:
-                if e in g:
-                    A[e, :r], B[:F, :r, e] = g[e].A, g[e].B
-                if e in u:
-                    A[e, r:], B[F:, r:, e] = u[e].A, u[e].B
-        some = next(iter(g or u))
-        scaling = _scaling_of(adapter, names["gate_proj" if g else "up_proj"].format(e=some))
-        built["gate_up_proj"] = (A.reshape(E * rank, H), B.reshape(2 * F, rank * E), rank, scaling)
-    if "down_proj" in projs:
-        d = projs["down_proj"]
-        r = max(f.A.shape[0] for f in d.values())
-        A = torch.zeros(E, r, F)
-        B = torch.zeros(H, r, E)
-        for e, f in d.items():
-            A[e], B[:, :, e] = f.A, f.B
-        scaling = _scaling_of(adapter, names["down_proj"].format(e=next(iter(d))))
-        built["down_proj"] = (A.reshape(E * r, F), B.reshape(H, r * E), r, scaling)
-    for param, (A, B, rank, scaling) in built.items():
-        inner = param == "gate_up_proj" and len(built) == 2
-        key = f"{PREFIX}{prefix}{'.base_layer' if inner else ''}"
+            for k, (t, g) in enumerate(zip(specs, got)):
+                if shared:
+                    A[e], B[fused_rows(t, cfg), :, e] = g[e].A, g[e].B
+                elif e in g:
+                    A[e, k * r:(k + 1) * r], B[fused_rows(t, cfg), k * r:(k + 1) * r, e] = g[e].A, g[e].B
+        first = next(k for k, g in enumerate(got) if g)
+        scaling = _scaling_of(adapter, prefix + specs[first].inner.format(e=next(iter(got[first]))))
+        built[prefix + key] = (A.reshape(E * rank, cols), B.reshape(rows, rank * E), rank, scaling)
+    for i, (param, (A, B, rank, scaling)) in enumerate(built.items()):
+        # PEFT nests one ParamWrapper per targeted parameter, the first defined innermost
+        key = PEFT_PREFIX + param.rsplit(".", 1)[0] + ".base_layer" * (len(built) - 1 - i)
         tensors[f"{key}.lora_A.weight"] = A
         tensors[f"{key}.lora_B.weight"] = B
-        params.append(f"{prefix}.{param}")
-        ranks[f"{prefix}.{param}"] = (rank, scaling)
+        params.append(param)
+        ranks[param] = (rank, scaling)

@@ -10,22 +10,21 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..dtypes import CAST, safetensors_name, torch_dtype, torch_name
 from ..errors import Hy3Error
-from ..hf_checkpoint import HFCheckpoint
-from ..hf_writer import kill_hook, layout_tensors, run_jobs
-from ..progress import Progress, human_bytes, log
-from ..safetensors_io import parse_size, plan_shards, shard_name, torch_dtype, write_index, write_shard
+from ..formats.adapters import open_adapter
+from ..formats.hf_checkpoint import HFCheckpoint
+from ..formats.hf_writer import layout_tensors, run_jobs
+from ..formats.safetensors_io import parse_size, plan_shards, shard_name, write_index, write_shard
+from ..formats.staging import copy_other_files, plan_id, StagedDir
+from ..mapping import keeps_dtype
 from ..outputs import HF_CHECKPOINT
-from ..staging import StagedDir, copy_other_files, plan_id
-from .adapters import open_adapter
-
-DTYPES = {"bf16": "BF16", "fp16": "F16", "fp32": "F32"}
-
+from ..progress import human_bytes, log, Progress
 
 def merge_lora(base_dir: str | Path, adapter_dir: str | Path, out: str | Path, dtype: str | None = None,
                workers: int = 4, max_shard_size: str = "5GB", rslora: str = "auto", overwrite: bool = False,
                quiet: bool = False) -> dict:
-    if dtype is not None and dtype not in DTYPES:
+    if dtype is not None and dtype not in CAST:
         raise Hy3Error(f"--dtype {dtype!r}: expected bf16, fp16 or fp32")
     base = HFCheckpoint(base_dir)
     cfg = base.config
@@ -39,9 +38,9 @@ def merge_lora(base_dir: str | Path, adapter_dir: str | Path, out: str | Path, d
     stage = StagedDir(out, HF_CHECKPOINT, [base.root, *base.files(), adapter_dir], overwrite)
 
     def out_dtype(name: str) -> str:
-        if dtype is None or name.endswith("mlp.expert_bias"):
+        if dtype is None or keeps_dtype(name):
             return base.dtype(name)
-        return DTYPES[dtype]
+        return safetensors_name(dtype)
 
     def source(name: str):
         if name in targets:
@@ -61,8 +60,7 @@ def merge_lora(base_dir: str | Path, adapter_dir: str | Path, out: str | Path, d
     if stage.resumed and len(todo) < len(groups):
         log(f"resuming {stage.partial}: {len(groups) - len(todo)} of {len(groups)} shards already written", quiet)
     prog = Progress("lora merge", sum(t.nbytes for _, g in todo for t in g), quiet)
-    on_bytes = kill_hook(prog.add)
-    run_jobs(stage.partial, [lambda n=n, g=g: write_shard(stage.path(n), g, on_bytes) for n, g in todo], workers)
+    run_jobs(stage.partial, [lambda n=n, g=g: write_shard(stage.path(n), g, prog.add) for n, g in todo], workers)
     seconds = prog.finish()
     total = sum(t.nbytes for t in tensors)
     write_index(stage.partial, {t.key: n for n, g in zip(names, groups) for t in g}, total)
@@ -100,7 +98,7 @@ def _view_bytes(t) -> memoryview:
 def _set_config_dtype(path: Path, dtype: str) -> None:
     import json
 
-    name = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}[dtype]
+    name = torch_name(dtype)
     conf = json.loads(path.read_text())
     for key in ("torch_dtype", "dtype"):
         if key in conf or key == "torch_dtype":

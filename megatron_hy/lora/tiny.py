@@ -17,31 +17,28 @@ import math
 from argparse import Namespace
 from pathlib import Path
 
-from ..config import Hy3Config
+from ..config import Hy3Config, load_config
 from ..errors import Hy3Error
-from ..mapping import MCoreTensor, logical_tensors, mcore_tensors
+from ..formats import dcp
+from ..formats.staging import new_dir
+from ..formats.torch_dist import iter_dir_name, TRACKER, write_iteration_files
+from ..mapping import logical_tensors, mcore_tensors, MCoreTensor, PEFT_PREFIX, ROUTER, spec
 from ..outputs import ADAPTER
-from ..staging import new_dir
 from ..transforms import from_mcore
 
 KINDS = ("attention", "dense", "shared", "experts", "mtp", "router")
 
 
 def _kind(t: MCoreTensor, cfg: Hy3Config) -> str | None:
-    k = t.key
-    if t.layer is None or k.endswith("norm.weight") or "layer_norm" in k or k.endswith("expert_bias"):
+    """Its kind (KINDS): decoder-layer linears by their row's scope, the router, any of these in an MTP layer."""
+    router = t.row.hf[0] == ROUTER
+    if t.layer is None or not (spec(t.row.hf[0]).lora or router):
         return None
     if t.layer >= cfg.num_layers:
         return "mtp"
-    if ".mlp.router." in k:
+    if router:
         return "router"
-    if ".self_attention." in k:
-        return "attention"
-    if ".shared_experts." in k:
-        return "shared"
-    if ".mlp.experts." in k:
-        return "experts"
-    return "dense"
+    return {"layer": "attention", "moe": "shared", "expert": "experts"}.get(t.row.scope, "dense")
 
 
 def random_factors(cfg: Hy3Config, kinds, rank: int, seed: int, zero: bool = False) -> dict:
@@ -54,7 +51,7 @@ def random_factors(cfg: Hy3Config, kinds, rank: int, seed: int, zero: bool = Fal
     gen = torch.Generator().manual_seed(seed)
     out = {}
     for t in mcore_tensors(cfg):
-        if _kind(t, cfg) not in kinds or t.key.startswith("embedding") or t.key.startswith("output_layer"):
+        if _kind(t, cfg) not in kinds:
             continue
         rows, cols = (t.shape[1], t.shape[2]) if t.experts else (t.shape[0], t.shape[1])
         lead = (t.experts,) if t.experts else ()
@@ -71,8 +68,6 @@ def write_mcore_adapter(out: Path, cfg: Hy3Config, factors: dict, alpha: float, 
     """Into the empty directory `out`."""
     import torch
 
-    from ..convert import dcp
-    from ..convert.torch_dist import TRACKER, iter_dir_name, write_iteration_files
 
     out = Path(out)
     it = out / iter_dir_name(1)
@@ -117,7 +112,7 @@ def write_swift_peft_adapter(out: Path, cfg: Hy3Config, factors: dict, alpha: fl
             a, b = (A[e], B[e]) if t.experts else (A, B)
             parts = from_mcore(t.row.op, b, [(shapes[n][0], rank) for n in names], cfg)
             for name, bp in zip(names, parts):
-                key = "base_model.model." + name[: -len(".weight")]
+                key = PEFT_PREFIX + name[: -len(".weight")]
                 tensors[key + ".lora_A.weight"] = a.to(torch.bfloat16).contiguous().clone()
                 tensors[key + ".lora_B.weight"] = bp.to(torch.bfloat16).contiguous()
                 leaves.add(name.split(".")[-2])
@@ -136,7 +131,6 @@ def write_tiny_adapter(base_dir, out, fmt: str = "mcore", kinds=("attention", "d
                        rank: int = 4, alpha: float = 8.0, seed: int = 0, saved_tp: int = 1, zero: bool = False,
                        use_rslora: bool = False, overwrite: bool = False) -> Path:
     """The adapter as the directory OUT (see outputs.py for when an existing OUT is replaced)."""
-    from ..config import load_config
 
     if fmt not in ("mcore", "swift-peft"):
         raise Hy3Error(f"--format {fmt!r}: expected mcore or swift-peft")

@@ -1,5 +1,6 @@
 """Where the Megatron ranks of a parity run compute: CUDA GPUs or the CPU. Every difference between the two
-is in this file; the model, its weights, the forward and the comparison are the same code.
+is in this file or in harness.start_rank (what each rank process does before its process group); the model, its
+weights, the forward and the comparison are the same code.
 
 - cuda: one process per GPU (rank r on cuda:r, one node), NCCL, parameters made on the GPU and the model
   moved there as Megatron-LM moves it, megatron-core's own causal mask. With transformer-engine: its spec,
@@ -12,7 +13,10 @@ is in this file; the model, its weights, the forward and the comparison are the 
 
 from __future__ import annotations
 
+from ..dtypes import torch_dtype
 from ..errors import Hy3Error
+from .harness import causal_mask, CPU_CONFIG
+from .model import have_transformer_engine
 
 DEVICES = ("cuda", "cpu")
 DTYPES = ("fp32", "bf16")
@@ -43,7 +47,6 @@ def uses_te(device: str) -> bool:
     """The transformer-engine spec on a GPU where transformer_engine imports; the local spec otherwise."""
     if device != "cuda":
         return False
-    from .model import have_transformer_engine
 
     return have_transformer_engine()
 
@@ -52,16 +55,9 @@ def spec_name(use_te: bool) -> str:
     return "transformer_engine" if use_te else "local"
 
 
-def torch_dtype(dtype: str):
-    import torch
-
-    return {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype]
-
-
 def model_settings(device: str, dtype: str, use_te: bool) -> dict:
     """TransformerConfig fields for this device and dtype (the model's own come from megatron/config.py and
     the layout's from harness.parallel_config)."""
-    from .harness import CPU_CONFIG
 
     dt = torch_dtype(dtype)
     precision = dict(params_dtype=dt, pipeline_dtype=dt, bf16=dtype == "bf16", fp16=False)
@@ -76,20 +72,6 @@ def model_settings(device: str, dtype: str, use_te: bool) -> dict:
     # With transformer-engine: megatron-core's defaults (fused kernels, parameters made on the GPU) and the experts
     # as training runs them (megatron/config.py swift_moe_settings): the alltoall dispatcher and TE's grouped GEMM.
     return {**precision, "moe_token_dispatcher_type": "alltoall", "moe_grouped_gemm": True}
-
-
-def start_rank(device: str, rank: int) -> str:
-    """In a rank process, before its process group: the device and shims. Returns the backend."""
-    from .harness import apply_cpu_shims, no_te_gemm
-
-    if device == "cpu":
-        apply_cpu_shims()
-        return "gloo"
-    import torch
-
-    torch.cuda.set_device(rank)  # one node: the local rank is the rank
-    no_te_gemm()
-    return "nccl"
 
 
 def place_model(device: str, model):
@@ -117,7 +99,6 @@ def model_inputs(device: str, tokens) -> tuple:
     passed explicitly, the same mask."""
     import torch
 
-    from .harness import causal_mask
 
     b, s = tokens.shape
     dev = torch.device("cuda", torch.cuda.current_device()) if device == "cuda" else torch.device("cpu")

@@ -120,50 +120,17 @@ def no_te_gemm() -> None:
         moe_utils.te_general_gemm = None
 
 
-@contextlib.contextmanager
-def cuda_as_cpu():
-    """A context in which megatron-core's training step runs on CPU tensors (CPU training runs in tests).
+def start_rank(device: str, rank: int) -> str:
+    """In a rank process, before its process group: the device and shims. Returns the backend."""
 
-    7. Inside it, a tensor asked for on device "cuda" is made on the CPU, and `Tensor.type()` of a CPU
-       tensor reads as its CUDA type. megatron-core needs both to train on a CPU:
-       - optimizer/optimizer.py (0.16: line 481), MixedPrecisionOptimizer.__init__ (every DistributedOptimizer):
-         `torch.tensor([0], dtype=torch.int, device='cuda')` (`_dummy_overflow_buf`, `_scale_one`);
-       - optimizer/distrib_optimizer.py (0.16: line 431), `_build_model_and_main_param_groups`: raises TypeError
-         unless `param.type()` is 'torch.cuda.FloatTensor', 'torch.cuda.HalfTensor' or 'torch.cuda.BFloat16Tensor';
-       - pipeline_parallel/schedules.py, every forward_backward_* function:
-         `total_num_tokens = torch.zeros([], dtype=torch.int, device="cuda")`.
-    8. `torch.cuda.current_stream()` is a stream that waits for nothing: megatron-core 0.19's
-       param_and_grad_buffer.py `start_grad_sync` asks for it to wait on CUDA-graph events before reducing
-       gradients; a CPU computes in order, so there is nothing to wait for.
-    Nothing else changes: the optimizer, its sharding and the schedules are megatron-core's own.
-    """
+    if device == "cpu":
+        apply_cpu_shims()
+        return "gloo"
     import torch
-    from torch.overrides import TorchFunctionMode
 
-    class CudaAsCpu(TorchFunctionMode):
-        def __torch_function__(self, func, types, args=(), kwargs=None):
-            kwargs = dict(kwargs or {})
-            if str(kwargs.get("device", "")).startswith("cuda"):
-                kwargs["device"] = "cpu"
-            out = func(*args, **kwargs)
-            if func is torch.Tensor.type and len(args) == 1 and not kwargs and out.startswith("torch."):
-                out = "torch.cuda." + out[len("torch."):]
-            return out
-
-    class InOrderStream:
-        def wait_event(self, event):
-            pass
-
-        def wait_stream(self, stream):
-            pass
-
-    saved = torch.cuda.current_stream
-    torch.cuda.current_stream = lambda *args, **kwargs: InOrderStream()
-    try:
-        with CudaAsCpu():
-            yield
-    finally:
-        torch.cuda.current_stream = saved
+    torch.cuda.set_device(rank)  # one node: the local rank is the rank
+    no_te_gemm()
+    return "nccl"
 
 
 def causal_mask(seq: int):
@@ -254,8 +221,6 @@ def _child(rank: int, world: int, port: int, fn: Callable, args: tuple, queue, e
     try:
         import torch
         import torch.distributed as dist
-
-        from .device import start_rank
 
         torch.set_num_threads(1)
         backend = start_rank(device, rank)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 
 from ..config import Hy3Config
+from ..mapping import MCORE_ROWS
 from ..mcore_versions import MOE_SPEC_IS_PARTIAL, since
 from .config import gpt_model_kwargs, transformer_config_kwargs
 
@@ -41,10 +42,12 @@ def _is_moe(spec) -> bool:
 
 
 def _te_keys(spec):
-    """A local-spec MoE layer whose pre-MLP norm is saved under the TE key `pre_mlp_layernorm.weight`."""
+    """A local-spec MoE layer whose pre-MLP norm is saved under the TE key `pre_mlp_layernorm.weight`: the
+    keys map leaves the modules the table has as standalone TE ops of MoE layers (`MCoreRow.te_op`) alone."""
+    own = {r.mcore.rsplit(".", 1)[0] + "." for r in MCORE_ROWS if r.te_op and r.scope in ("layer", "moe")}
     spec = copy.deepcopy(spec)
     spec.submodules.sharded_state_dict_keys_map = {
-        k: v for k, v in spec.submodules.sharded_state_dict_keys_map.items() if k != "pre_mlp_layernorm."}
+        k: v for k, v in spec.submodules.sharded_state_dict_keys_map.items() if k not in own}
     return spec
 
 

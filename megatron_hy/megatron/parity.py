@@ -19,7 +19,19 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from ..config import load_config
 from ..errors import Hy3Error
+from ..formats.adapters import open_adapter
+from ..formats.hf_checkpoint import HFCheckpoint
+from ..mapping import keeps_dtype, LayerSubset
+from ..progress import log
+from ..reference import reference_logits
+from .config import check_supported, padded_vocab_size
+from .device import check_device, default_device, DTYPES, model_inputs, model_settings, place_model
+from .device import seed_model_parallel, spec_name, uses_te
+from .harness import init_parallel, parallel_config, run_distributed
+from .model import build_gpt_model, make_transformer_config
+from .weights import add_lora_delta, check_tp_axes, export_pieces, load_into_model, load_mcore_into_model
 
 TOLERANCE = 1e-5
 BF16_MIN_TOP1 = 0.85
@@ -102,14 +114,10 @@ class ParityJob:
     started: float = field(default_factory=time.time)
 
     def subset(self, cfg):
-        from ..mapping import LayerSubset
-
         return LayerSubset(cfg, self.layers if self.layers is not None else range(cfg.num_layers))
 
     def say(self, msg: str) -> None:
         if not self.quiet:
-            from ..progress import log
-
             log(f"verify parity [{time.time() - self.started:5.1f}s] {msg}")
 
 
@@ -118,12 +126,6 @@ def rank_main(rank: int, world: int, job: ParityJob) -> dict:
     import torch
     from megatron.core import parallel_state as ps
 
-    from ..config import load_config
-    from ..hf_checkpoint import HFCheckpoint
-    from .device import model_settings, place_model, seed_model_parallel, spec_name, uses_te
-    from .harness import init_parallel, parallel_config
-    from .model import build_gpt_model, make_transformer_config
-    from .weights import check_tp_axes, export_pieces, load_into_model
 
     lay = job.layout
     say = job.say if rank == 0 else (lambda msg: None)
@@ -155,13 +157,9 @@ def rank_main(rank: int, world: int, job: ParityJob) -> dict:
 
     for kind, path in job.sources:
         if kind == "mcore":
-            from .weights import load_mcore_into_model
-
             say(f"rank 0/{world}: loading weights from torch_dist {path} (megatron-core dist_checkpointing.load)")
             load_mcore_into_model(chunks, path, rename=None if subset.is_whole else subset.mcore_key)
         elif kind == "hf+lora":  # (base HF dir, adapter dir): base weights plus the delta in Megatron layout
-            from ..lora.adapters import open_adapter
-            from .weights import add_lora_delta
 
             base, adapter = path
             for m in chunks:
@@ -185,7 +183,7 @@ def rank_main(rank: int, world: int, job: ParityJob) -> dict:
         out["sources"].append(res)
     out["param_dtypes"] = sorted({str(p.dtype) for m in chunks for p in m.parameters()})
     out["expert_bias_dtypes"] = sorted({str(b.dtype) for m in chunks for n, b in m.named_buffers()
-                                        if n.endswith("expert_bias")})
+                                        if keeps_dtype(n)})
     return out
 
 
@@ -252,7 +250,6 @@ def forward(chunks: list, tokens, num_mtp: int, device: str = "cpu") -> tuple:
     from megatron.core.pipeline_parallel.p2p_communication import P2PCommunicator
     from megatron.core.transformer.module import Float16Module
 
-    from .device import model_inputs
 
     b, s = tokens.shape
     config = chunks[0].config
@@ -362,11 +359,6 @@ def parity_job(config_dir: str | Path, sources: list, tp=1, pp=1, ep=1, etp=None
                layers=None, device: str | None = "cpu", dtype: str = "fp32", quiet: bool = True) -> ParityJob:
     """What every rank needs, once the model and layout are known to fit (one clear line otherwise).
     device None: cuda when torch sees a GPU, else cpu."""
-    from ..config import load_config
-    from ..hf_checkpoint import HFCheckpoint
-    from ..mapping import LayerSubset
-    from .config import check_supported, padded_vocab_size
-    from .device import DTYPES, check_device, default_device
 
     if dtype not in DTYPES:
         raise Hy3Error(f"--dtype {dtype}: expected one of {', '.join(DTYPES)}")
@@ -397,8 +389,6 @@ def judge(job: ParityJob, ranks: list, reference: str | Path, tolerance: float =
     decoder layers, in fp32 on this host's CPU."""
     import torch
 
-    from ..config import load_config
-    from ..reference import reference_logits
 
     subset = job.subset(load_config(job.config_dir))
     cfg = subset.config
@@ -447,7 +437,6 @@ def run_parity(config_dir: str | Path, sources: list, tp=1, pp=1, ep=1, etp=None
     """Load each source into the Megatron Hy3 model (the checkpoint's decoder `layers`, default all) under this
     layout on `device` and compare its logits with transformers on `reference` (default: config_dir), built of
     the same layers. Returns (one result per source, raw rank outputs)."""
-    from .harness import run_distributed
 
     job = parity_job(config_dir, sources, tp, pp, ep, etp, tokens, batch, seed, export, vpp, layers, device, dtype,
                      quiet)

@@ -15,7 +15,8 @@ from typing import Callable, Iterator
 
 from ..config import Hy3Config
 from ..errors import Hy3Error
-from ..mapping import mcore_tensors
+from ..formats.torch_dist import find_iteration_dir
+from ..mapping import logical_tensors, mcore_tensors
 from ..transforms import to_mcore
 
 
@@ -78,7 +79,6 @@ def load_mcore_into_model(models: list, mcore_dir: str | Path, iteration: int | 
     checkpoint's layers, mapping.LayerSubset.mcore_key): dist_checkpointing reads just those."""
     from megatron.core import dist_checkpointing
 
-    from ..convert.torch_dist import find_iteration_dir
 
     it = find_iteration_dir(mcore_dir, iteration)
     names = ["model"] if len(models) == 1 else [f"model{i}" for i in range(len(models))]
@@ -146,7 +146,6 @@ def add_lora_delta(model, cfg: Hy3Config, adapter, padded_vocab: int | None = No
     global tensor, through `adapter.mcore_delta`) and sliced per rank by Megatron's own sharding."""
     import torch
 
-    from ..mapping import logical_tensors
 
     table = {t.key: t for t in mcore_tensors(cfg, padded_vocab)}
     shapes = {t.name: t.shape for t in logical_tensors(cfg)}

@@ -20,6 +20,7 @@ import math
 from dataclasses import dataclass
 
 from ..config import Hy3Config
+from ..dtypes import SHORT_BYTES
 from .layout import Layout, recompute_modules
 from .params import ModelParams, RankParams
 
@@ -35,8 +36,6 @@ RESERVE_GIB = 3.0
 # What the driver reports for each sold size (nvidia-smi total), in GiB; other sizes are taken as GiB.
 GPU_CAPACITY_GIB = {80: 79.6, 96: 95.6, 141: 140.4}
 TIGHT = 0.92   # above this share of capacity the verdict says "tight"
-
-DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2, "fp8": 1}
 
 
 def capacity_gib(gpu_memory_gb: float) -> float:
@@ -73,14 +72,14 @@ class Precision:
 
 
 def precision_from_args(args: dict) -> Precision:
-    grad = DTYPE_BYTES[args.get("main_grads_dtype", "fp32")]
+    grad = SHORT_BYTES[args.get("main_grads_dtype", "fp32")]
     aware = bool(args.get("use_precision_aware_optimizer"))
     moments = 4 if args.get("optimizer", "adam") == "sgd" else 8
     if moments == 4:
         opt = 4 + 4
     elif aware:
-        opt = (DTYPE_BYTES[args.get("main_params_dtype", "fp32")] + DTYPE_BYTES[args.get("exp_avg_dtype", "fp32")]
-               + DTYPE_BYTES[args.get("exp_avg_sq_dtype", "fp32")])
+        opt = (SHORT_BYTES[args.get("main_params_dtype", "fp32")] + SHORT_BYTES[args.get("exp_avg_dtype", "fp32")]
+               + SHORT_BYTES[args.get("exp_avg_sq_dtype", "fp32")])
     else:
         opt = 12
     offload = float(args.get("optimizer_offload_fraction", 1.0)) if args.get("optimizer_cpu_offload") else 0.0

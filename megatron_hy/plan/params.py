@@ -1,11 +1,11 @@
 """Parameter counts: the whole model, and what one GPU holds under a layout.
 
-Every number comes from `mapping.logical_tensors`, sorted into how Megatron-Core shards it:
-  - "tp":     split over tensor-parallel ranks (attention projections, dense MLP, shared expert, eh_proj,
-              embedding and output layer, which are vocab-parallel)
+Every number comes from `mapping.logical_tensors`, sorted by the table into how Megatron-Core shards it:
+  - "tp":     split over tensor-parallel ranks (its Megatron row has a `tp` axis: attention projections,
+              dense MLP, shared expert, eh_proj, embedding and output layer, which are vocab-parallel)
   - "rep":    replicated on every tensor-parallel rank (norms, router)
   - "expert": split over EP*ETP ranks (routed experts)
-  - "buffer": held but not trained (the router's expert bias is a buffer in Megatron)
+  - "buffer": held but not trained (the `buffer` column: the router's expert bias)
 """
 
 from __future__ import annotations
@@ -15,20 +15,10 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 
 from ..config import Hy3Config
-from ..mapping import logical_tensors
+from ..mapping import logical_tensors, lora_modules, mcore_row
 from .layout import Layout
 
-# HF tensor name (after the layer prefix) -> the Megatron linear it is part of, for LoRA targets
-LORA_MODULE = {
-    "self_attn.q_proj.weight": "linear_qkv", "self_attn.k_proj.weight": "linear_qkv",
-    "self_attn.v_proj.weight": "linear_qkv", "self_attn.o_proj.weight": "linear_proj",
-    "mlp.gate_proj.weight": "linear_fc1", "mlp.up_proj.weight": "linear_fc1", "mlp.down_proj.weight": "linear_fc2",
-    "mlp.shared_mlp.gate_proj.weight": "linear_fc1", "mlp.shared_mlp.up_proj.weight": "linear_fc1",
-    "mlp.shared_mlp.down_proj.weight": "linear_fc2",
-    "gate_proj.weight": "linear_fc1", "up_proj.weight": "linear_fc1", "down_proj.weight": "linear_fc2",
-    "eh_proj.weight": "eh_proj",
-}
-LORA_TARGETS = {"linear_qkv", "linear_proj", "linear_fc1", "linear_fc2", "eh_proj"}
+LORA_TARGETS = set(lora_modules())
 
 
 @dataclass
@@ -71,15 +61,6 @@ class ModelParams:
         return sum(p.expert for i, p in self.layers.items() if i < self.num_layers)
 
 
-def _suffix(name: str, layer: int | None) -> str:
-    if layer is None:
-        return name
-    rest = name.split(f"model.layers.{layer}.", 1)[1]
-    if rest.startswith("mlp.experts."):
-        return rest.split(".", 3)[3]   # mlp.experts.{e}.gate_proj.weight -> gate_proj.weight
-    return rest
-
-
 @lru_cache(maxsize=8)
 def count_params(cfg: Hy3Config) -> ModelParams:
     """Cached: the published config has 47,138 tensors. Callers must not modify the result."""
@@ -87,27 +68,28 @@ def count_params(cfg: Hy3Config) -> ModelParams:
     layers: dict[int, Part] = {}
     for t in logical_tensors(cfg):
         n = math.prod(t.shape)
+        row = mcore_row(t, cfg)
         if t.layer is None:
-            if t.name == "model.embed_tokens.weight":
+            if row.stage == "E":
                 emb += n
-            elif t.name == "lm_head.weight":
+            elif row.tp is not None:   # the output layer; the final norm is not split
                 out += n
             else:
                 norm += n
             continue
         part = layers.setdefault(t.layer, Part())
-        suffix = _suffix(t.name, t.layer)
         if t.expert is not None:
             part.expert += n
-        elif suffix == "mlp.expert_bias":
+        elif t.spec.buffer:
             part.buffer += n
-        elif len(t.shape) == 1 or suffix == "mlp.router.gate.weight":
+        elif row.tp is None:
             part.rep += n
         else:
             part.tp += n
-        module = LORA_MODULE.get(suffix)
+        module = t.spec.lora
         if module and (t.expert is None or t.expert == 0):   # every expert has expert 0's shapes
-            key = ("expert_" if t.expert is not None else "shared_" if "shared_mlp" in suffix else "") + module
+            # a MoE layer's own (non-expert) linears are its shared expert's
+            key = ("expert_" if t.expert is not None else "shared_" if t.spec.scope == "moe" else "") + module
             fan_in, fan_out, _ = part.linears.get(key, (t.shape[1], 0, 1))
             copies = cfg.num_experts if t.expert is not None else 1
             part.linears[key] = (fan_in, fan_out + t.shape[0], copies)

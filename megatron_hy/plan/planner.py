@@ -7,15 +7,15 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .. import mcore_versions
+from .. import mcore_versions, settings
 from ..config import Hy3Config, load_config
+from ..swift.args import check_args
+from ..swift.recipe import check as check_swift_model
 from . import host, memory
-from .cost import StepTime, step_time
-from .layout import Layout, build_layout
-from .params import ModelParams, count_params, lora_targets, rank_params
+from .cost import step_time, StepTime
+from .layout import build_layout, Layout
+from .params import count_params, lora_targets, ModelParams, rank_params
 from .recipe import Recipe
-from .swift_args import check_args
-from .swift_model import check as check_swift_model
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "assets" / "hy3_config.json"
 
@@ -80,29 +80,34 @@ class Plan:
 
 def _hy3_moe_settings(args: dict, warnings: list[str]) -> None:
     """Hy3 routes with a sigmoid over expert-biased scores and was trained without an auxiliary loss;
-    for SFT the bias stays frozen. Say so when a recipe drifts from that."""
-    lb = args.get("moe_router_load_balancing_type")
-    if (lb if isinstance(lb, list) else [lb]) != ["none"]:
-        warnings.append("moe_router_load_balancing_type is not 'none': mcore-bridge defaults to 'aux_loss', "
+    for SFT the bias stays frozen. Say so when a recipe drifts from that (names and values: the field table)."""
+    lb, aux, rate, score, gemm, dispatch = map(settings.row, ("load_balancing", "aux_loss", "bias_update_rate",
+                                                             "score_function", "grouped_gemm", "token_dispatcher"))
+    v = args.get(lb.key("swift"))
+    if (v if isinstance(v, list) else [v]) != [lb.value]:
+        warnings.append(f"{lb.key('swift')} is not {lb.value!r}: mcore-bridge defaults to 'aux_loss', "
                         "but Hy3 is aux-loss-free")
-    coeff = args.get("moe_aux_loss_coeff", 0)
+    coeff = args.get(aux.key("swift"), aux.value)
     if any(c for c in (coeff if isinstance(coeff, list) else [coeff])):
-        warnings.append("moe_aux_loss_coeff is not 0: Hy3 was trained without an auxiliary loss")
-    extra = args.get("megatron_extra_kwargs") or {}
+        warnings.append(f"{aux.key('swift')} is not {aux.value:g}: Hy3 was trained without an auxiliary loss")
+    extra_key, rate_key = rate.key("swift").split(".")
+    extra = args.get(extra_key) or {}
     if isinstance(extra, str):          # ms-swift also takes the JSON text
         try:
             extra = json.loads(extra)
         except json.JSONDecodeError:
             extra = {}
-    if extra.get("moe_router_bias_update_rate") != 0:
-        warnings.append("megatron_extra_kwargs.moe_router_bias_update_rate is not 0: mcore-bridge's default 1e-3 "
+    if extra.get(rate_key) != rate.value:
+        warnings.append(f"{rate.key('swift')} is not {rate.value:g}: mcore-bridge's default 1e-3 "
                         "moves the expert bias during SFT")
-    if extra.get("moe_router_score_function", "sigmoid") != "sigmoid":
-        warnings.append("megatron_extra_kwargs.moe_router_score_function is not 'sigmoid' (Hy3's router)")
-    if args.get("moe_grouped_gemm") is False:
-        warnings.append("moe_grouped_gemm is false: 192 experts run one GEMM each")
-    if args.get("moe_token_dispatcher_type", "alltoall") != "alltoall":
-        warnings.append(f"moe_token_dispatcher_type is {args['moe_token_dispatcher_type']!r}; the recipes use alltoall")
+    score_key = score.key("swift").split(".")[1]
+    if extra.get(score_key, score.value) != score.value:
+        warnings.append(f"{score.key('swift')} is not {score.value!r} (Hy3's router)")
+    if args.get(gemm.key("swift")) is False:
+        warnings.append(f"{gemm.key('swift')} is false: 192 experts run one GEMM each")
+    name = dispatch.key("swift")
+    if args.get(name, dispatch.value) != dispatch.value:
+        warnings.append(f"{name} is {args[name]!r}; the recipes use {dispatch.value}")
 
 
 def _known_megatron_bugs(args: dict, notes: list[str], version: str | None = None) -> None:

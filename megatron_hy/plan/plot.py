@@ -10,6 +10,7 @@ from .files import write_new
 from .layout import recompute_modules
 from .memory import ACTIVATION_CALIBRATION
 from .planner import Plan
+from .search import recompute_name
 
 PARTS = [("weights", "weights", "#4c72b0"), ("gradients", "gradients", "#55a868"),
          ("optimizer", "optimizer (GPU)", "#c44e52"),
@@ -72,7 +73,6 @@ def plot_plan(plan: Plan, path: str | Path) -> None:
 
 def recompute_label(args: dict) -> str:
     """As the search's table names it (`recompute full`), else spelled out from the arguments."""
-    from .search import recompute_name
 
     name = recompute_name(args)
     if name != "recompute as given":

@@ -27,11 +27,14 @@ from pathlib import Path
 
 import yaml
 
-from ..config import Hy3Config
+from ..config import Hy3Config, load_config
+from ..mapping import lora_modules
+from ..megatron.config import swift_moe_settings
+from ..swift.recipe import RECIPE_PLUGIN
 from . import memory
 from .files import write_new
 from .layout import layout_string
-from .planner import Plan, add_step_time, plan_recipe
+from .planner import add_step_time, DEFAULT_CONFIG, Plan, plan_recipe
 from .recipe import Cluster, Recipe
 
 RECOMPUTE = [
@@ -81,11 +84,7 @@ class Result:
 
 def template_args(seq: int, lora: bool, mtp: bool) -> dict:
     """The non-layout `megatron sft` arguments of a searched recipe (those of the shipped recipes)."""
-    from ..config import load_config
-    from ..megatron.config import swift_moe_settings
-    from .planner import DEFAULT_CONFIG
 
-    from .swift_model import RECIPE_PLUGIN
 
     args = {"tuner_type": "lora" if lora else "full", "torch_dtype": "bfloat16",
             "custom_register_path": RECIPE_PLUGIN, "mtp_num_layers": 1 if mtp else 0}
@@ -93,7 +92,7 @@ def template_args(seq: int, lora: bool, mtp: bool) -> dict:
     args["moe_permute_fusion"] = True
     args.update({"max_length": seq, "packing": True, "micro_batch_size": 1, "global_batch_size": 128})
     if lora:
-        args.update({"lora_rank": 16, "lora_alpha": 32, "target_modules": ["linear_qkv", "linear_proj"],
+        args.update({"lora_rank": 16, "lora_alpha": 32, "target_modules": lora_modules("layer"),  # attention
                      "lr": 1.0e-4, "min_lr": 1.0e-5})
     else:
         args.update({"lr": 1.0e-5, "min_lr": 1.0e-6})

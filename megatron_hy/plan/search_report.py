@@ -7,7 +7,7 @@ import json
 from . import memory
 from .cost import DEFAULT_COST
 from .report import plan_dict
-from .search import LAYOUT_KEYS, Result, offload_text, recompute_name
+from .search import LAYOUT_KEYS, offload_text, recompute_name, Result
 
 
 def _what(result: Result) -> str:

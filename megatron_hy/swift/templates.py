@@ -1,6 +1,6 @@
 """ms-swift plugin: Hy3 templates that train on what each row says.
 
-    megatron sft --custom_register_path /path/to/megatron_hy/data/swift_plugin.py --template hy3 ...
+    megatron sft --custom_register_path /path/to/megatron_hy/swift/templates.py --template hy3 ...
 
 Registers `hy3` (release tokens) and `hy3_preview`. They are ms-swift's own `hy_v3` /
 `hy_v3_preview` template classes (inference is theirs, unchanged) with training encode replaced

@@ -18,15 +18,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Union
 
-from .errors import Hy3Error
+from ..dtypes import ITEMSIZE
+from ..errors import Hy3Error
 
-ITEMSIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "F8_E5M2": 1, "I64": 8, "I32": 4,
-            "I16": 2, "I8": 1, "U64": 8, "U32": 4, "U16": 2, "U8": 1, "BOOL": 1}
-FLOAT_DTYPES = {"F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2"}
 MAX_HEADER = 100 * 1024 * 1024
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
 COPY_CHUNK = 64 * 1024 * 1024
+# The largest tensor region held in memory at once: a chunk a converter writes, a block of rows it assembles,
+# a piece of a tensor `hy3 check` scans.
+CHUNK_BYTES = 64 * 1024 * 1024
 FALLBACK_CHUNK = 8 * 1024 * 1024
 
 
@@ -252,24 +253,6 @@ def _read_into(path: Path, offset: int, nbytes: int, view: memoryview, drop_cach
             os.posix_fadvise(fd, offset, nbytes, os.POSIX_FADV_DONTNEED)
     finally:
         os.close(fd)
-
-
-def torch_dtype(name: str):
-    import torch
-
-    return {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-            "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2, "I64": torch.int64,
-            "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-            "BOOL": torch.bool, "U16": torch.uint16, "U32": torch.uint32, "U64": torch.uint64}[name]
-
-
-def dtype_name(dtype) -> str:
-    import torch
-
-    names = {torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
-             torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8",
-             torch.uint8: "U8", torch.bool: "BOOL"}
-    return names[dtype]
 
 
 # --- streaming writes ----------------------------------------------------------------------------

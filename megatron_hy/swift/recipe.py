@@ -12,17 +12,20 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..config import Hy3Config
-from ..megatron.swift_model import conflicts, plugin_paths, requested
-from ..plugins import swift_plugin_path
+from .model import conflicts, plugin_paths, requested
+from .plugin import swift_plugin_path
 
 # How recipes name the plugin: the file's place in the package, which `hy3 launch` turns into the
 # absolute path of the installed copy.
-RECIPE_PLUGIN = "megatron_hy/plugins/ms_swift.py"
+RECIPE_PLUGIN = "megatron_hy/swift/plugin/ms_swift.py"
+# Where the plugin lay before the ms-swift code moved into one package: users' recipes may still say so.
+OLD_RECIPE_PLUGINS = ("megatron_hy/plugins/ms_swift.py",)
 
 
 def is_plugin(path: str) -> bool:
     p = str(path).replace("\\", "/")
-    return p == RECIPE_PLUGIN or p.endswith("/" + RECIPE_PLUGIN) or Path(p).resolve() == swift_plugin_path()
+    return (any(p == name or p.endswith("/" + name) for name in (RECIPE_PLUGIN, *OLD_RECIPE_PLUGINS))
+            or Path(p).resolve() == swift_plugin_path())
 
 
 def check(args: dict, cfg: Hy3Config) -> list[str]:

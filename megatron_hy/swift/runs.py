@@ -19,7 +19,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import Hy3Error
+from ..errors import Hy3Error
 
 RUN = re.compile(r"^v(\d+)-(\d{8}-\d{6})$")
 CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")

@@ -1,74 +1,29 @@
 """The model ms-swift (through mcore-bridge) must build for a Hy3 checkpoint, as mcore-bridge
-`ModelConfig` fields, derived from our config reader; and the check that a recipe does not ask for
-something else. Pure Python: the planner uses it on machines without mcore-bridge, the ms-swift
-plugin (plugins/ms_swift.py -> megatron/swift_bridge.py) uses it inside `megatron sft/export`.
+`ModelConfig` fields, rendered from the field table (settings.py); and the check that a recipe does not
+ask for something else. Pure Python: the planner uses it on machines without mcore-bridge, the ms-swift
+plugin (swift/plugin/ms_swift.py -> swift/bridge.py) uses it inside `megatron sft/export`.
 """
 
 from __future__ import annotations
 
 import json
 
+from .. import settings
 from ..config import Hy3Config
-from .config import check_supported
+from ..megatron.config import check_supported
 
+# The one model field a run may set lower than the checkpoint's (0: train without the MTP layers).
+MTP = settings.row("num_mtp_layers").key("bridge")
 # Fields that fix the shape of the model: they must equal the checkpoint's config.
-ARCH_FIELDS = (
-    "num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "num_query_groups", "kv_channels",
-    "normalization", "layernorm_epsilon", "qk_layernorm", "add_bias_linear", "add_qkv_bias", "swiglu",
-    "position_embedding_type", "rotary_base", "rotary_interleaved", "rotary_percent",
-    "untie_embeddings_and_output_weights", "padded_vocab_size", "max_position_embeddings",
-    "num_moe_experts", "moe_ffn_hidden_size", "moe_shared_expert_intermediate_size", "moe_shared_expert_gate",
-    "moe_router_topk", "moe_router_score_function", "moe_router_enable_expert_bias", "moe_router_pre_softmax",
-    "moe_router_topk_scaling_factor", "moe_router_num_groups", "moe_router_group_topk", "moe_layer_freq",
-    "multi_latent_attention",
-)
+ARCH_FIELDS = tuple(s.key("bridge") for s in settings.rows("bridge") if not s.training and s.key("bridge") != MTP)
 # Hy3's SFT behaviour: applied where the run leaves mcore-bridge's defaults (aux loss, bias updates).
-TRAINING_DEFAULTS = {
-    "moe_router_bias_update_rate": 0.0,     # the expert bias stays frozen during SFT
-    "moe_router_load_balancing_type": "none",
-    "moe_aux_loss_coeff": 0.0,
-    "moe_router_dtype": "fp32",
-}
+TRAINING_DEFAULTS = {s.key("bridge"): s.rendered("bridge") for s in settings.rows("bridge") if s.training}
 
 
 def model_fields(cfg: Hy3Config) -> dict:
     """mcore-bridge ModelConfig fields describing this checkpoint (ARCH_FIELDS, plus mtp_num_layers)."""
     check_supported(cfg)
-    return {
-        "num_layers": cfg.num_layers,
-        "hidden_size": cfg.hidden_size,
-        "ffn_hidden_size": cfg.intermediate_size,
-        "num_attention_heads": cfg.num_heads,
-        "num_query_groups": cfg.num_kv_heads,
-        "kv_channels": cfg.head_dim,
-        "normalization": "RMSNorm",
-        "layernorm_epsilon": cfg.rms_norm_eps,
-        "qk_layernorm": True,
-        "add_bias_linear": False,
-        "add_qkv_bias": False,
-        "swiglu": True,
-        "position_embedding_type": "rope",
-        "rotary_base": int(cfg.rope_theta),
-        "rotary_interleaved": False,
-        "rotary_percent": 1.0,
-        "untie_embeddings_and_output_weights": not cfg.tie_word_embeddings,
-        "padded_vocab_size": cfg.vocab_size,
-        "max_position_embeddings": cfg.max_position_embeddings,
-        "num_moe_experts": cfg.num_experts,
-        "moe_ffn_hidden_size": cfg.moe_ffn,
-        "moe_shared_expert_intermediate_size": cfg.shared_ffn,
-        "moe_shared_expert_gate": False,
-        "moe_router_topk": cfg.top_k,
-        "moe_router_score_function": "sigmoid",
-        "moe_router_enable_expert_bias": True,
-        "moe_router_pre_softmax": False,
-        "moe_router_topk_scaling_factor": cfg.router_scaling_factor,
-        "moe_router_num_groups": None,
-        "moe_router_group_topk": None,
-        "moe_layer_freq": [1 if t == "sparse" else 0 for t in cfg.layer_types],
-        "multi_latent_attention": False,
-        "mtp_num_layers": cfg.num_mtp_layers or None,
-    }
+    return {s.key("bridge"): s.rendered("bridge", cfg) for s in settings.rows("bridge") if not s.training}
 
 
 def layer_freq(value, num_layers: int):
@@ -108,7 +63,7 @@ def same_value(field: str, a, b, num_layers: int) -> bool:
 def requested(args: dict) -> dict:
     """The model fields a `megatron sft/export` argument set asks for: flags named like ModelConfig
     fields and the keys of megatron_extra_kwargs (which ms-swift applies last)."""
-    out = {k: v for k, v in args.items() if k in ARCH_FIELDS or k == "mtp_num_layers"}
+    out = {k: v for k, v in args.items() if k in ARCH_FIELDS or k == MTP}
     extra = args.get("megatron_extra_kwargs") or {}
     if isinstance(extra, str):
         try:
@@ -116,7 +71,7 @@ def requested(args: dict) -> dict:
         except json.JSONDecodeError:
             extra = {}
     if isinstance(extra, dict):
-        out.update({k: v for k, v in extra.items() if k in ARCH_FIELDS or k == "mtp_num_layers"})
+        out.update({k: v for k, v in extra.items() if k in ARCH_FIELDS or k == MTP})
     return out
 
 
@@ -125,9 +80,9 @@ def conflicts(cfg: Hy3Config, asked: dict) -> list[str]:
     want = model_fields(cfg)
     out = []
     for k, v in asked.items():
-        if k == "mtp_num_layers":
+        if k == MTP:
             if v is not None and not (isinstance(v, int) and 0 <= v <= cfg.num_mtp_layers):
-                out.append(f"mtp_num_layers {v!r}: the checkpoint has {cfg.num_mtp_layers} MTP layer(s) "
+                out.append(f"{MTP} {v!r}: the checkpoint has {cfg.num_mtp_layers} MTP layer(s) "
                            f"(use 0 to train without MTP, or up to {cfg.num_mtp_layers})")
             continue
         if not same_value(k, v, want[k], cfg.num_layers):

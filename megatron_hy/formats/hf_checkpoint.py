@@ -1,7 +1,8 @@
 """An HF Hy3 checkpoint in either layout: validated against its config.json, read by logical (inner) name.
 
-`HFCheckpoint(root)` reads the index and shard headers and refuses a checkpoint that does not match
-its config (the rules are the functions below, which `hy3 check` reports in full). Then
+`inspect(root)` reads config.json, the index and the shard headers, detects the layout and applies the
+rules below; `hy3 check` reports every problem it finds, the ms-swift bridge reads the layout and dtypes
+from it, and `HFCheckpoint(root)` (strict) refuses a checkpoint that does not match its config. Then
 `source(name)` says which bytes of which file hold a logical tensor, whether it is a tensor of its
 own (inner) or a slice of a fused expert tensor (outer); `read(name)` loads just those bytes.
 Nothing else is read.
@@ -10,31 +11,68 @@ Nothing else is read.
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import Hy3Config, load_config
-from .errors import Hy3Error
-from .mapping import Logical, detect_layout, expected_keys, logical_tensors
-from .safetensors_io import FLOAT_DTYPES, Checkpoint, TensorInfo, open_checkpoint, read_bytes, torch_dtype
+from ..config import Hy3Config, load_config
+from ..dtypes import FLOAT_DTYPES, NAMES, torch_dtype
+from ..errors import Hy3Error
+from ..mapping import detect_layout, expected_keys, keeps_dtype, Logical, logical_tensors
+from .safetensors_io import Checkpoint, CHUNK_BYTES, open_checkpoint, read_bytes, TensorInfo
 
 MAX_REPORTED = 5
 MAX_LISTED = 20
-CHUNK_BYTES = 64 * 1024 * 1024
+
+
+@dataclass
+class Inspection:
+    """What `inspect` found: the config, the index and shard headers (None when unreadable), the layout
+    ("inner", "outer", or "mixed" when the checkpoint mixes both) and every problem, in report order."""
+    root: Path
+    config: Hy3Config | None = None
+    ck: Checkpoint | None = None
+    layout: str | None = None
+    problems: list[str] = field(default_factory=list)
+
+
+def inspect(root: str | Path, strict: bool = False) -> Inspection:
+    """Read config.json and the shard headers, detect the layout and compare keys, shapes and dtypes with the
+    config. strict: raise on the first problem (a mismatch with the config: up to MAX_REPORTED in one line);
+    else collect every problem, up to the first that stops the reading."""
+    root = Path(root)
+    found = Inspection(root)
+    try:
+        found.config = load_config(root)
+        found.ck = open_checkpoint(root, strict=strict)
+    except Hy3Error as e:
+        if strict:
+            raise
+        found.problems.append(str(e))
+        return found
+    found.problems += found.ck.problems
+    layout = detect_layout(found.ck.tensors)
+    if layout == "mixed":
+        if strict:
+            raise Hy3Error(f"{root}: {mixed_layout_message(found.ck.tensors)}")
+        found.layout = layout
+        found.problems.append(mixed_layout_message(found.ck.tensors))
+        return found
+    found.layout = layout or "inner"  # no MoE tensors at all: the key check reports them as missing
+    mismatches = compare_to_config(found.ck, found.config, found.layout)
+    if strict and mismatches:
+        more = f" (and more; run `hy3 check {root}` for the full list)" if len(mismatches) > MAX_REPORTED else ""
+        raise Hy3Error(f"{root}: does not match its config.json: " + "; ".join(mismatches[:MAX_REPORTED]) + more)
+    found.problems += mismatches
+    return found
 
 
 class HFCheckpoint:
     def __init__(self, root: str | Path):
-        self.root = Path(root)
-        self.config: Hy3Config = load_config(self.root)
-        self.ck = open_checkpoint(self.root, strict=True)
-        layout = detect_layout(self.ck.tensors)
-        if layout == "mixed":
-            raise Hy3Error(f"{self.root}: {mixed_layout_message(self.ck.tensors)}")
-        self.layout = layout or "inner"
-        problems = compare_to_config(self.ck, self.config, self.layout)
-        if problems:
-            more = f" (and more; run `hy3 check {self.root}` for the full list)" if len(problems) > MAX_REPORTED else ""
-            raise Hy3Error(f"{self.root}: does not match its config.json: " + "; ".join(problems[:MAX_REPORTED]) + more)
+        found = inspect(root, strict=True)
+        self.root = found.root
+        self.config: Hy3Config = found.config
+        self.ck: Checkpoint = found.ck
+        self.layout: str = found.layout
         self.logical: dict[str, Logical] = {t.name: t for t in logical_tensors(self.config)}
 
     def info(self, name: str) -> TensorInfo:
@@ -98,12 +136,12 @@ def compare_to_config(ck: Checkpoint, cfg: Hy3Config, layout: str) -> list[str]:
         info = present.get(key)
         if info is not None and tuple(info.shape) != tuple(shape):
             problems.append(f"{info.file.name}: {key}: shape {list(info.shape)}, expected {list(shape)} from config.json")
-    main = Counter(t.dtype for k, t in present.items() if not _is_bias(k)).most_common(1)
+    main = Counter(t.dtype for k, t in present.items() if not keeps_dtype(k)).most_common(1)
     main_dtype = main[0][0] if main else None
     for key, info in present.items():
         if info.dtype not in FLOAT_DTYPES:
             problems.append(f"{info.file.name}: {key}: dtype {info.dtype}, expected a floating-point dtype")
-        elif not _is_bias(key) and info.dtype != main_dtype:
+        elif not keeps_dtype(key) and info.dtype != main_dtype:
             problems.append(f"{info.file.name}: {key}: dtype {info.dtype}, the checkpoint's other weights are {main_dtype}")
     return problems
 
@@ -115,10 +153,6 @@ def mixed_layout_message(keys) -> str:
             "expected one layout throughout")
 
 
-def _is_bias(key: str) -> bool:
-    return key.endswith("mlp.expert_bias") or key.endswith("mlp.e_score_correction_bias")
-
-
 def _listed(keys: list[str], fmt: str) -> list[str]:
     out = [fmt.format(k) for k in keys[:MAX_LISTED]]
     if len(keys) > MAX_LISTED:
@@ -126,16 +160,12 @@ def _listed(keys: list[str], fmt: str) -> list[str]:
     return out
 
 
-# (unsigned view, bits that are all set exactly in NaN/Inf). F8_E4M3 (fn) has no Inf; its NaN is S.1111.111.
-NONFINITE_BITS = {"F64": ("<u8", 0x7FF0000000000000), "F32": ("<u4", 0x7F800000), "F16": ("<u2", 0x7C00),
-                  "BF16": ("<u2", 0x7F80), "F8_E5M2": ("u1", 0x7C), "F8_E4M3": ("u1", 0x7F)}
-
-
 def count_nonfinite(info: TensorInfo, on_bytes=None) -> int:
     """Count NaN/Inf by their bit patterns, reading the tensor in bounded chunks (on_bytes(n) after each)."""
     import numpy as np
 
-    view, mask = NONFINITE_BITS[info.dtype]
+    mask = NAMES[info.dtype].nonfinite
+    view = f"<u{info.itemsize}"
     per = max(CHUNK_BYTES // info.itemsize, 1) * info.itemsize
     bad = 0
     for off in range(info.start, info.end, per):

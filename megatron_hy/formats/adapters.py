@@ -30,9 +30,12 @@ from pathlib import Path
 from .. import fields
 from ..config import Hy3Config
 from ..errors import Hy3Error
-from ..mapping import LAYER, MCoreTensor, logical_tensors, mcore_tensors
-from ..safetensors_io import read_header
+from ..mapping import (LAYER, PEFT_PREFIX, MCoreTensor, fused_rows, fused_shape, fused_specs, layer_of,
+                       logical_tensors, mcore_tensors, to_inner)
 from ..transforms import from_mcore, to_mcore
+from .dcp import DcpReader
+from .safetensors_io import read_header
+from .torch_dist import find_iteration_dir, load_common
 
 
 @dataclass
@@ -108,9 +111,6 @@ class McoreAdapter(Adapter):
     kind = "mcore"
 
     def __init__(self, root: Path, cfg: Hy3Config, rslora: str = "auto", iteration: int | None = None):
-        from ..convert.dcp import DcpReader
-        from ..convert.torch_dist import find_iteration_dir
-
         self.root, self.config, self.notes = root, cfg, []
         self._local = threading.local()
         self.it = find_iteration_dir(root, iteration)
@@ -206,7 +206,6 @@ class McoreAdapter(Adapter):
 def _swift_args(root: Path, it: Path) -> tuple[dict, str]:
     """The training args ms-swift saved (args.json, else the args in the checkpoint's common state) and the file
     they came from; ({}, "") when there are none (the settings then come from the tensors)."""
-    from ..convert.torch_dist import load_common
 
     for path in (root / "args.json", it.parent / "args.json"):
         if path.exists():
@@ -222,9 +221,8 @@ def _swift_args(root: Path, it: Path) -> tuple[dict, str]:
 
 # --- PEFT directory -----------------------------------------------------------------------------
 
-# transformers module names -> Tencent (inner) tensor names
-_MODULE_RENAMES = ((".mlp.shared_experts.", ".mlp.shared_mlp."), (".mlp.gate.", ".mlp.router.gate."))
-_KEY = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+?)\.(?P<part>lora_A|lora_B)(?:\.default)?\.weight$")
+_KEY = re.compile("^(?:" + re.escape(PEFT_PREFIX)
+                  + r")?(?P<module>.+?)\.(?P<part>lora_A|lora_B)(?:\.default)?\.weight$")
 
 
 class PeftAdapter(Adapter):
@@ -292,7 +290,7 @@ class PeftAdapter(Adapter):
         for module, ab in sorted(groups.items()):
             if set(ab) != {"lora_A", "lora_B"}:
                 raise Hy3Error(f"{self.root}: {module} has {sorted(ab)} but needs lora_A and lora_B")
-            if module.endswith(".mlp.experts") or module.endswith(".mlp.experts.base_layer"):
+            if _fused_under(module):
                 self._collect_fused(module, ab, params)
                 continue
             rank, scaling = self._module_scaling(module)
@@ -309,17 +307,19 @@ class PeftAdapter(Adapter):
         """PEFT ParamWrapper on HYV3Experts: with both 3D tensors targeted, gate_up_proj is the inner wrapper
         (`experts.base_layer.lora_*`) and down_proj the outer (`experts.lora_*`); with one, it is `experts.lora_*`."""
         experts = module.replace(".base_layer", "")
-        mine = [leaf for leaf in ("gate_up_proj", "down_proj")
+        fused = {k: k.rsplit(".", 1)[1] for k in _fused_under(module)}   # fused key -> its parameter's name
+        mine = [k for k, leaf in fused.items()
                 if any(f"{experts}.{leaf}" == p or f"{experts}.{leaf}".endswith("." + p) for p in params)]
         if not mine:
             raise Hy3Error(f"{self.root}: LoRA tensors for {module} but adapter_config.json has no target_parameters "
-                           f"for {experts}.gate_up_proj / down_proj")
-        # HYV3Experts defines gate_up_proj first, so it is the inner wrapper when both are targeted.
-        param = mine[0] if (module.endswith(".base_layer") or len(mine) == 1) else mine[1]
-        layer = int(re.search(r"layers\.(\d+)\.", module + ".").group(1)) if "layers." in module else None
+                           f"for {experts}." + " / ".join(fused.values()))
+        # HYV3Experts defines gate_up_proj first (the table's order), so it is the inner wrapper when both are targeted.
+        key = mine[0] if (module.endswith(".base_layer") or len(mine) == 1) else mine[1]
+        param = fused[key]
+        layer = layer_of(module)
         if layer is None or layer not in self.config.all_hf_layers() or not self.config.is_moe(layer):
             raise Hy3Error(f"{self.root}: LoRA on {module}, but layer {layer} of this Hy3 config has no routed experts")
-        rank, scaling = self._module_scaling(module.replace(".base_layer", "") + "." + param)
+        rank, scaling = self._module_scaling(experts + "." + param)
         E = self.config.num_experts
         A, B = ab["lora_A"], ab["lora_B"]
         if A.shape[0] != E * rank or B.shape[1] != E * rank:
@@ -328,18 +328,12 @@ class PeftAdapter(Adapter):
         A = A.reshape(E, rank, A.shape[1])
         B = B.reshape(B.shape[0], rank, E)
         prefix = LAYER.format(i=layer)
-        F = self.config.moe_ffn
+        shape = fused_shape(key, self.config)[1:]
         for e in range(E):
             f = Factors(A[e], B[:, :, e].contiguous())
-            if param == "gate_up_proj":
-                if f.B.shape[0] != 2 * F or f.A.shape[1] != self.config.hidden_size:
-                    raise Hy3Error(f"{self.root}: {module} gate_up_proj LoRA does not fit [{2 * F}, "
-                                   f"{self.config.hidden_size}]; is this an adapter of another model?")
-                self.pairs[prefix + f"mlp.experts.{e}.gate_proj.weight"] = (Factors(f.A, f.B[:F]), scaling)
-                self.pairs[prefix + f"mlp.experts.{e}.up_proj.weight"] = (Factors(f.A, f.B[F:]), scaling)
-            else:
-                _check_shape(str(self.root), "down_proj", f, (self.config.hidden_size, F))
-                self.pairs[prefix + f"mlp.experts.{e}.down_proj.weight"] = (f, scaling)
+            _check_shape(str(self.root), param, f, shape)
+            for t in fused_specs()[key]:
+                self.pairs[prefix + t.inner.format(e=e)] = (Factors(f.A, f.B[fused_rows(t, self.config)]), scaling)
 
     def targets(self) -> list[str]:
         return sorted(self.pairs)
@@ -353,10 +347,14 @@ class PeftAdapter(Adapter):
 
 
 def _logical_name(module: str) -> str:
-    name = module
-    for a, b in _MODULE_RENAMES:
-        name = name.replace(a, b)
-    return name + ".weight"
+    """A PEFT module name (transformers' or Tencent's spelling) -> the logical name of its weight."""
+    return to_inner(module + ".weight")
+
+
+def _fused_under(module: str) -> list[str]:
+    """The fused expert keys (after the layer prefix) a PEFT module name of HYV3Experts holds, in table order."""
+    experts = module.removesuffix(".base_layer")
+    return [k for k in fused_specs() if experts.endswith("." + k.rsplit(".", 1)[0])]
 
 
 def _trained_in_megatron(root: Path) -> bool:

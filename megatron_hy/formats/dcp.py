@@ -28,8 +28,6 @@ from typing import Callable
 from ..errors import Hy3Error
 
 METADATA = ".metadata"
-# The largest tensor region a converter holds at once: a chunk it writes, or a block of rows it assembles.
-CHUNK_BYTES = 64 * 1024 * 1024
 
 
 @dataclass

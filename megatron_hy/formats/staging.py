@@ -13,13 +13,12 @@ import hashlib
 import json
 import os
 import shutil
-import signal
 import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from .errors import Hy3Error
-from .outputs import MARKER, check_dir, check_not_an_input, write_marker
+from ..errors import Hy3Error
+from ..outputs import check_dir, check_not_an_input, MARKER, write_marker
 
 PLAN_FILE = ".hy3-plan"
 
@@ -100,13 +99,6 @@ def new_dir(out: str | Path, kind: str, inputs=(), overwrite: bool = False):
         stage.discard()
         raise
     stage.finish()
-
-
-def kill_point(name: str) -> None:
-    """Test hook: with HY3_TEST_KILL_AT=name, the process SIGKILLs itself here, so tests can check the rerun
-    after a kill between two steps of a command. Unset, it does nothing."""
-    if os.environ.get("HY3_TEST_KILL_AT") == name:
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _remove(path: Path) -> None:

@@ -7,14 +7,12 @@ thread pool. A failure cancels the rest; Ctrl-C or a disk error leaves the finis
 
 from __future__ import annotations
 
-import os
-import signal
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
-from .config import Hy3Config
-from .errors import Hy3Error, Interrupted
-from .mapping import fused_parts, logical_tensors
+from ..config import Hy3Config
+from ..errors import Hy3Error, Interrupted
+from ..mapping import fused_parts, logical_tensors
 from .safetensors_io import OutTensor
 
 
@@ -58,21 +56,3 @@ def run_jobs(partial, jobs: list[Callable[[], object]], workers: int) -> list:
     except OSError as e:
         raise Hy3Error(f"{partial}: {e.strerror or e} ({getattr(e, 'filename', None) or 'while writing'}); "
                        "rerun the same command to resume") from None
-
-
-def kill_hook(on_bytes):
-    """Test hook: with HY3_TEST_KILL_AFTER_BYTES=N set, the process SIGKILLs itself once N bytes are
-    written, so tests can check resume after a real kill at a known point (HY3_TEST_KILL_SIGNAL=INT sends
-    SIGINT instead, once, as Ctrl-C would). Unset, it does nothing."""
-    limit = os.environ.get("HY3_TEST_KILL_AFTER_BYTES")
-    if not limit:
-        return on_bytes
-    sig = getattr(signal, "SIG" + os.environ.get("HY3_TEST_KILL_SIGNAL", "KILL"))
-    done = [0]
-
-    def add(n: int) -> None:
-        on_bytes(n)
-        done[0] += n
-        if done[0] >= int(limit) and done[0] - n < int(limit):
-            os.kill(os.getpid(), sig)
-    return add

@@ -25,13 +25,15 @@ from mcore_bridge.config import ModelConfig
 from mcore_bridge.config.parser import hf_to_mcore_config
 from mcore_bridge.model.register import ModelMeta, get_model_meta, register_model
 
-from ..config import Hy3Config, config_from_dict, load_config
+from ..config import config_from_dict, Hy3Config, load_config
+from ..dtypes import dtype_name, FLOAT_DTYPES, torch_dtype
 from ..errors import Hy3Error
-from ..mapping import HF_TENSORS, detect_layout, expected_keys
-from .swift_model import ARCH_FIELDS, TRAINING_DEFAULTS, layer_freq, model_fields, same_value
+from ..formats.hf_checkpoint import HFCheckpoint, inspect, Inspection
+from ..mapping import expected_keys, EXPERT_BIAS, HF_TENSORS, MTP_NORM, ROUTER, SHARED_GATE
+from .model import ARCH_FIELDS, layer_freq, model_fields, same_value, TRAINING_DEFAULTS
 
 MODEL_TYPE = "hy_v3"
-MLP = "mlp."
+MLP = GPTBridge.hf_mlp_prefix + "."   # GPTBridge's keys below are under it
 
 
 def _table_row(inner: str):
@@ -53,13 +55,12 @@ def bridge_keys(layout: str) -> dict:
         row = _table_row(inner)
         return _under_mlp(row.inner if layout == "inner" or row.outer is None else row.outer)
 
-    shared = key("mlp.shared_mlp.gate_proj.weight")
-    return {"hf_gate_key": key("mlp.router.gate.weight"),
-            "hf_expert_bias_key": key("mlp.expert_bias"),
-            "hf_shared_expert_key": shared[: -len(".gate_proj.weight")]}
+    return {"hf_gate_key": key(ROUTER),
+            "hf_expert_bias_key": key(EXPERT_BIAS),
+            "hf_shared_expert_key": key(SHARED_GATE).rsplit(".", 2)[0]}   # the module of its gate projection
 
 
-MTP_FINAL_NORM = _table_row("final_layernorm.weight").inner   # Tencent's model.layers.{L}.final_layernorm.weight
+MTP_FINAL_NORM = _table_row(MTP_NORM).inner   # Tencent's model.layers.{L}.final_layernorm.weight
 
 
 def _checkpoint_dir(hf_config) -> Path | None:
@@ -78,19 +79,23 @@ def read_hy3_config(hf_config) -> Hy3Config:
     return config_from_dict(hf_config.to_dict(), "hf_config")
 
 
+def inspect_weights(root) -> Inspection | None:
+    """The HF checkpoint in a directory (its headers, 'inner' or 'outer' layout), read leniently: None when it
+    has no weights here; an unreadable index or header, or both layouts at once, is an error."""
+    if root is None or not any(Path(root).glob("*.safetensors")):
+        return None
+    found = inspect(root)
+    if found.ck is None:
+        raise Hy3Error(found.problems[0])
+    if found.layout == "mixed":
+        raise Hy3Error(f"{found.root}: holds both inner and outer expert tensors; run `hy3 check {found.root}`")
+    return found
+
+
 def checkpoint_layout(root) -> str | None:
     """'inner' or 'outer' for an HF checkpoint directory, None when it has no weights here."""
-    if root is None:
-        return None
-    from ..safetensors_io import open_checkpoint
-
-    root = Path(root)
-    if not any(root.glob("*.safetensors")):
-        return None
-    layout = detect_layout(open_checkpoint(root, strict=False).tensors)
-    if layout == "mixed":
-        raise Hy3Error(f"{root}: holds both inner and outer expert tensors; run `hy3 check {root}`")
-    return layout or "inner"
+    found = inspect_weights(root)
+    return found.layout if found else None
 
 
 @dataclass
@@ -149,8 +154,6 @@ class Hy3Bridge(GPTBridge):
 
     def load_weights(self, mg_models, hf_model_dir, peft_format=False, adapter_name="default", converter=None):
         if not peft_format:
-            from ..hf_checkpoint import HFCheckpoint
-
             ck = HFCheckpoint(hf_model_dir)         # every key and shape against config.json, clear errors
             if ck.config.to_transformers() != self.hy3.to_transformers():
                 raise Hy3Error(f"{hf_model_dir}: its config.json is not the one this model was built from")
@@ -165,9 +168,7 @@ class Hy3Bridge(GPTBridge):
         if root is None or not any(Path(root).glob("*.safetensors")):
             return {}
         if getattr(self, "_dtypes_of", None) != root:
-            from ..safetensors_io import open_checkpoint
-
-            self._dtypes = {k: info.dtype for k, info in open_checkpoint(root, strict=False).tensors.items()}
+            self._dtypes = {k: info.dtype for k, info in inspect_weights(root).ck.tensors.items()}
             self._dtypes_of = root
         return self._dtypes
 
@@ -186,8 +187,6 @@ class Hy3Bridge(GPTBridge):
         return False, False
 
     def export_weights(self, mg_models, *args, **kwargs):
-        from ..safetensors_io import FLOAT_DTYPES, dtype_name, torch_dtype
-
         peft = kwargs.get("peft_format", args[2] if len(args) > 2 else False)
         dtypes = {} if peft else self.source_dtypes()
         for k, v in super().export_weights(mg_models, *args, **kwargs):
