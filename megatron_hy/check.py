@@ -45,7 +45,6 @@ class Report:
 
     def read_text(self) -> str:
         """How much was read for NaN/Inf, for the result line."""
-
         if not self.readable:
             return ""
         if not self.sampled:
@@ -83,7 +82,6 @@ def check_checkpoint(root: str | Path, spot_check: int | None = None, quiet: boo
 def _scan_nonfinite(ck, rep: Report, spot_check: int | None, quiet: bool) -> None:
     """Read the floating-point tensors of every shard (or of `spot_check` shards) for NaN/Inf, shard by
     shard, in bounded chunks, with progress in bytes."""
-
     by_file: dict[str, list] = {}
     for key, info in sorted(ck.tensors.items()):
         by_file.setdefault(info.file.name, []).append((key, info))

@@ -87,7 +87,6 @@ def _same_tensors(a, b, what: str) -> int:
 def step_lora(ctx: dict) -> str:
     import torch
 
-
     kinds = ("attention", "dense", "shared", "experts", "mtp")
     adapter = write_tiny_adapter(ctx["inner"], ctx["work"] / "lora-adapter", "mcore", kinds, seed=1, saved_tp=2)
     merged = ctx["work"] / "tiny-lora-merged"

@@ -115,13 +115,11 @@ def plan_data(datasets: list[str], output_dir: str | None, recipe_args: dict) ->
 
 def template_for(model: str) -> str:
     """The plugin template for this tokenizer: hy3, or hy3_preview for Hy3 preview's tokens."""
-
     return "hy3_preview" if Encoder(load_tokenizer(model)).ts.name == "preview" else "hy3"
 
 
 def encode_all(plan: DataPlan, model: str, quiet: bool = False) -> None:
     """Encode what is not encoded yet (node 0)."""
-
     todo = [e for e in plan.encodings if not e.done()]
     if not todo:
         return

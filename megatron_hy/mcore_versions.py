@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
+from importlib.metadata import PackageNotFoundError, version
 
 # The range pyproject.toml admits (0.17 and later need Python >= 3.12) and the releases `make test` runs.
 SUPPORTED = (0, 16, 1), (0, 20)
@@ -80,8 +81,6 @@ def parse(version: str) -> tuple[int, ...]:
 @lru_cache(maxsize=1)
 def installed() -> str | None:
     """The installed megatron-core's version, read from its package metadata (without importing it)."""
-    from importlib.metadata import PackageNotFoundError, version
-
     try:
         return version("megatron-core")
     except PackageNotFoundError:

@@ -36,7 +36,6 @@ def load_hf_model(path: str | Path, extra_layers: int = 0, dtype=None):
     from transformers import HYV3Config, HYV3ForCausalLM
     from transformers.utils import logging as hf_logging
 
-
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     cfg = load_config(path)

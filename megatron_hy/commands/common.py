@@ -64,7 +64,6 @@ def add_checkpoint_flag(p) -> None:
 
 def picked_checkpoint(path: str, number: int | None, quiet: bool = False):
     """The checkpoint directory `path` means (swift/runs.py), said on stderr when one was picked."""
-
     picked = pick_checkpoint(path, number)
     if picked.note:
         log(picked.note, quiet)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import shlex
+from pathlib import Path
 
 from ..config import load_config
 from ..launch_data import template_for
@@ -35,9 +37,6 @@ def swift_argv(model: str) -> list[str]:
     """The model's flags of a hand-run `megatron sft`: the model directory, the plugin's template, the plugin,
     and Hy3's MoE training settings; what `hy3 launch` passes for the same model (the run's data, layout
     and output directory are the recipe's)."""
-    from pathlib import Path
-
-
     root = Path(model).parent if Path(model).is_file() else Path(model)
     cfg = load_config(model)
     if any((root / f).is_file() for f in ("tokenizer_config.json", "tokenizer.json")):
@@ -51,8 +50,6 @@ def swift_argv(model: str) -> list[str]:
 
 def _flag_lines(argv: list[str]) -> str:
     """One flag per line, each ready for a shell."""
-    import shlex
-
     groups: list[list[str]] = []
     for a in argv:
         if a.startswith("--") or not groups:
@@ -63,9 +60,6 @@ def _flag_lines(argv: list[str]) -> str:
 
 
 def run(args) -> int:
-    import shlex
-
-
     model = model_operand(args, "dir", "DIR")
     cfg = load_config(model)
     if args.to == "summary":

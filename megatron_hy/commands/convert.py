@@ -113,7 +113,6 @@ def run_mcore_to_hf(args) -> int:
 def _from_swift_safetensors(args, src) -> dict:
     """A checkpoint ms-swift saved as HF safetensors (save_safetensors, through the plugin): its weights in the
     --format layout, with --model's config and tokenizer files, as the torch_dist path writes them."""
-
     if args.dtype is not None or args.iteration is not None:
         raise Hy3Error(f"{src}: holds HF safetensors, not a torch_dist checkpoint: --dtype and --iteration do not "
                        "apply (its tensors are copied as saved)")

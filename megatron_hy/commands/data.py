@@ -204,7 +204,6 @@ def run_validate(args) -> int:
 
 
 def run_convert(args) -> int:
-
     s = convert_file(args.input, args.output, args.fmt, skip_bad=args.skip_bad or args.allow_bad,
                      overwrite=args.overwrite, quiet=args.quiet)
     emit(args, s.to_json(args.output), s.text())
@@ -216,7 +215,6 @@ def run_convert(args) -> int:
 
 
 def run_encode(args) -> int:
-
     enc = _encoder(args, args.model, args.backend)
     s = encode_file(args.input, args.output, enc, max_length=args.max_length, overflow=args.overflow,
                     pack=args.pack, swift_dataset=args.swift_dataset, quiet=args.quiet, tokenizer=args.model,
@@ -267,7 +265,6 @@ def run_plugin_path(args) -> int:
 
 
 def run_standin(args) -> int:
-
     with new_dir(args.outdir, TOKENIZER, overwrite=args.overwrite) as tmp:
         write_standin_tokenizer(tmp, variant=args.variant)
     out = args.outdir

@@ -1,6 +1,10 @@
 """`hy3 demo`: run the whole pipeline on a tiny generated Hy3."""
 
 from __future__ import annotations
+
+import json
+import sys
+
 from ..demo import run_demo
 
 
@@ -18,10 +22,6 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    import json
-    import sys
-
-
     if not args.json:
         return run_demo(args.workdir, keep=args.keep)
     rows: list = []

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from ..dtypes import CAST
 from ..fields import POSITIVE_FLOAT, POSITIVE_INT
 from ..lora.export import export_peft
@@ -81,9 +83,6 @@ def register(sub) -> None:
 
 def _adapter(args):
     """The adapter directory: --adapter itself, or the checkpoint-N picked in an ms-swift run."""
-
-    from pathlib import Path
-
     path = picked_checkpoint(args.adapter, args.checkpoint, args.quiet)
     if path != Path(args.adapter) and not args.quiet:
         kind = ("safetensors adapter (adapter_model.safetensors)" if (path / "adapter_config.json").is_file() else

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import json
+
 from ..config import load_config
 from ..errors import Hy3Error
 from ..fields import POSITIVE_FLOAT, POSITIVE_INT
@@ -86,7 +88,6 @@ def load_planned(args):
 
 def _check_new_file(args, path: str | None, suffix: str | None = None) -> None:
     """Refuse an output file name before any work is done (it is checked again when written)."""
-
     if path is not None:
         check_new(path, suffix, [args.recipe, args.model])
 
@@ -132,7 +133,6 @@ def run(args) -> int:
 
 def _search_spec(args):
     """The search's cluster and base arguments: the flags, over the recipe's when one is given."""
-
     recipe = load_recipe(args.recipe) if args.recipe else None
     if recipe is not None:
         if args.lora:
@@ -162,9 +162,6 @@ def _search_spec(args):
 
 
 def _refit(plan, args) -> int:
-    import json
-
-
     if not plan.step:
         raise Hy3Error(f"{plan.recipe.path}: {plan.verdict}; no step-time model to re-fit")
     if args.measured_step <= 0:

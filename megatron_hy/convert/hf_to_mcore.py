@@ -11,6 +11,7 @@ DCP reshards on load, so the checkpoint loads under any TP/PP/EP/ETP.
 from __future__ import annotations
 
 import json
+import math
 import os
 import threading
 from argparse import Namespace
@@ -77,7 +78,6 @@ class HFSource:
     def _read_rows(self, name: str, r0: int, r1: int, reuse: bool = False):
         import torch
 
-
         shape = self.hf.logical[name].shape
         file, off, _ = self.hf.source(name)
         row = 1
@@ -136,8 +136,6 @@ def _maker(source: HFSource, t: MCoreTensor, expert, r0: int, r1: int, prepend: 
 
 def _balance(chunks: list, files: int) -> list[list]:
     """Deterministic split of chunks into files of similar byte size, keeping each tensor's chunks in order."""
-    import math
-
     sizes = [math.prod(c.sizes) for c in chunks]
     total = sum(sizes) or 1
     out: list[list] = [[] for _ in range(files)]
@@ -193,7 +191,6 @@ def hf_to_mcore(hf_dir: str | Path, out: str | Path, workers: int = 4, dtype: st
 
 def _check_args(cfg: Hy3Config, padded_vocab: int | None, dtype: str | None, workers: int) -> tuple:
     """(padded vocabulary, torch dtype of the weights or None to keep the HF dtypes), or a clear error."""
-
     check_supported(cfg)
     padded = padded_vocab or cfg.vocab_size
     if padded < cfg.vocab_size:
@@ -238,8 +235,6 @@ def _write_small_files(root: Path, it: Path, iteration: int, hf: HFCheckpoint, p
 
 
 def _chunk_bytes(c, source, tensors) -> int:
-    import math
-
     return math.prod(c.sizes) * torch_itemsize(source, tensors[c.key])
 
 

@@ -32,7 +32,6 @@ def _layout_rank(rank: int, world: int, cfg_dict: dict, padded_vocab: int) -> di
     import torch
     from megatron.core.dist_checkpointing.mapping import ShardedObject, ShardedTensor, ShardedTensorFactory
 
-
     init_parallel()
     cfg = config_from_dict(cfg_dict)
     tconfig = make_transformer_config(cfg, **CPU_CONFIG, params_dtype=torch.bfloat16, perform_initialization=False)
@@ -82,7 +81,6 @@ def megatron_layout(cfg: Hy3Config, padded_vocab: int, in_process: bool = False)
         return run_distributed(_layout_rank, 1, *args)[0]
     import torch.distributed as dist
     from megatron.core import parallel_state as ps
-
 
     apply_cpu_shims()
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")

@@ -11,6 +11,8 @@ import re
 import threading
 from pathlib import Path
 
+import xxhash
+
 from ..config import Hy3Config, load_config
 from ..dtypes import CAST, dtype_name, torch_dtype, torch_name
 from ..errors import Hy3Error
@@ -70,9 +72,6 @@ def mcore_to_hf(mcore_dir: str | Path, out: str | Path, hf_config: str | Path, f
                 dtype: str | None = None, overwrite: bool = False, quiet: bool = False,
                 chunk_bytes: int = CHUNK_BYTES) -> dict:
     """chunk_bytes: the largest row block of an HF tensor assembled at once (tests set it small)."""
-    import xxhash
-
-
     if fmt not in ("inner", "outer"):
         raise Hy3Error(f"--format must be inner or outer, not {fmt!r}")
     cfg = load_config(hf_config)

@@ -14,6 +14,8 @@ from __future__ import annotations
 import json
 from itertools import chain
 
+import regex
+
 GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 MAX_CACHE = 1 << 20  # distinct words kept; the cache starts over when it is full
 
@@ -42,15 +44,11 @@ class PieceTokenizer:
         if backend is not None:
             pattern = split_pattern(json.loads(backend.to_str()))
             if pattern is not None:
-                import regex
-
                 self.regex = regex.compile(pattern)
         added = [t.content for t in (backend.get_added_tokens_decoder().values() if backend else []) if t.content]
         self.added_first = "".join(sorted({t[0] for t in added}))
         self.added = None
         if added and self.regex is not None:
-            import regex
-
             self.added = regex.compile("|".join(regex.escape(t) for t in sorted(added, key=len, reverse=True)))
         self.cache: dict[str, list[int]] = {}
 

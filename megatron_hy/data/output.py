@@ -13,6 +13,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import xxhash
+
 from ..errors import Hy3Error
 from ..formats.staging import new_dir
 from ..outputs import check_dir, check_file, SWIFT_DATASET, temp_file, written_kind
@@ -123,8 +125,6 @@ def encode_file(src: str | Path, out: str | Path, enc: Encoder, max_length: int 
 
 
 def _digest(path: Path) -> dict:
-    import xxhash
-
     h, n = xxhash.xxh3_128(), 0
     with open(path, "rb") as f:
         while chunk := f.read(1 << 20):

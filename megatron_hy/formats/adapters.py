@@ -206,7 +206,6 @@ class McoreAdapter(Adapter):
 def _swift_args(root: Path, it: Path) -> tuple[dict, str]:
     """The training args ms-swift saved (args.json, else the args in the checkpoint's common state) and the file
     they came from; ({}, "") when there are none (the settings then come from the tensors)."""
-
     for path in (root / "args.json", it.parent / "args.json"):
         if path.exists():
             return _json_object(path), str(path)

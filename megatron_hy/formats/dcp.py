@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import xxhash
+
 from ..errors import Hy3Error
 
 METADATA = ".metadata"
@@ -82,7 +84,6 @@ def write_file(path: Path, chunks: list[Chunk], objects: list[ObjectItem], on_by
     it costs as much as the copy); the file's own checksum (xxh3-128) goes to the manifest instead.
     """
     import torch
-    import xxhash
 
     tmp = path.with_name(path.name + ".tmp")
     res = FileResult(path.name)

@@ -9,6 +9,8 @@ import json
 from collections import Counter
 from pathlib import Path
 
+import xxhash
+
 from .. import __version__
 
 MANIFEST = "hy3-manifest.json"
@@ -16,8 +18,6 @@ CHECKSUM = "xxh3_128"
 
 
 def file_xxh3(path: Path) -> str:
-    import xxhash
-
     h = xxhash.xxh3_128()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(16 << 20), b""):

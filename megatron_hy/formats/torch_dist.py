@@ -15,8 +15,11 @@ files of one; the tensors themselves are dcp.py's.
 
 from __future__ import annotations
 
+import io
 import json
+import pickle
 import re
+import warnings
 from argparse import Namespace
 from pathlib import Path
 
@@ -53,8 +56,6 @@ COMMON_STATE = "common_state/shard_0_1"
 def load_common(it: Path) -> tuple[dict | None, str]:
     """(the common state of an iteration directory, where it was read) from common.pt or, where megatron-core
     0.19 saved it, the `common_state` object in the DCP; (None, "") when it has neither."""
-    import io
-
     if (it / COMMON).exists():
         return _restricted_load(it / COMMON, it / COMMON), str(it / COMMON)
     if not (it / dcp.METADATA).exists():
@@ -71,9 +72,6 @@ def _restricted_load(source, where, wrapped: bool = False) -> dict:
     """torch's weights_only unpickler (tensors and plain data) admitting one class more, argparse.Namespace, which
     megatron-core and ms-swift store the training args as. Anything else is refused, naming it: a checkpoint file
     must not run code."""
-    import pickle
-    import warnings
-
     import torch
 
     try:

@@ -8,6 +8,7 @@ so merging an all-zero adapter reproduces the base checkpoint byte for byte.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from ..dtypes import CAST, safetensors_name, torch_dtype, torch_name
@@ -96,8 +97,6 @@ def _view_bytes(t) -> memoryview:
 
 
 def _set_config_dtype(path: Path, dtype: str) -> None:
-    import json
-
     name = torch_name(dtype)
     conf = json.loads(path.read_text())
     for key in ("torch_dtype", "dtype"):

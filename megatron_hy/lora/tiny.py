@@ -68,7 +68,6 @@ def write_mcore_adapter(out: Path, cfg: Hy3Config, factors: dict, alpha: float, 
     """Into the empty directory `out`."""
     import torch
 
-
     out = Path(out)
     it = out / iter_dir_name(1)
     it.mkdir()
@@ -131,7 +130,6 @@ def write_tiny_adapter(base_dir, out, fmt: str = "mcore", kinds=("attention", "d
                        rank: int = 4, alpha: float = 8.0, seed: int = 0, saved_tp: int = 1, zero: bool = False,
                        use_rslora: bool = False, overwrite: bool = False) -> Path:
     """The adapter as the directory OUT (see outputs.py for when an existing OUT is replaced)."""
-
     if fmt not in ("mcore", "swift-peft"):
         raise Hy3Error(f"--format {fmt!r}: expected mcore or swift-peft")
     cfg = load_config(base_dir)

@@ -58,7 +58,6 @@ def spec_name(use_te: bool) -> str:
 def model_settings(device: str, dtype: str, use_te: bool) -> dict:
     """TransformerConfig fields for this device and dtype (the model's own come from megatron/config.py and
     the layout's from harness.parallel_config)."""
-
     dt = torch_dtype(dtype)
     precision = dict(params_dtype=dt, pipeline_dtype=dt, bf16=dtype == "bf16", fp16=False)
     if device == "cpu":
@@ -98,7 +97,6 @@ def model_inputs(device: str, tokens) -> tuple:
     its own causal mask (on "cuda"), as transformer-engine's causal attention needs none; on a CPU it is
     passed explicitly, the same mask."""
     import torch
-
 
     b, s = tokens.shape
     dev = torch.device("cuda", torch.cuda.current_device()) if device == "cuda" else torch.device("cpu")

@@ -10,9 +10,15 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
+import multiprocessing as mp
 import os
+import queue as queue_mod
 import socket
+import time
 import traceback
+import warnings
+from multiprocessing import forkserver
 from typing import Any, Callable
 
 from ..errors import Hy3Error
@@ -41,8 +47,6 @@ QUIET_LOGGERS = ("megatron.core.models.gpt.gpt_model", "torch.utils.cpp_extensio
 
 
 def quiet_logs() -> None:
-    import logging
-
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.ERROR)
 
@@ -122,7 +126,6 @@ def no_te_gemm() -> None:
 
 def start_rank(device: str, rank: int) -> str:
     """In a rank process, before its process group: the device and shims. Returns the backend."""
-
     if device == "cpu":
         apply_cpu_shims()
         return "gloo"
@@ -181,9 +184,6 @@ def _context(device: str = "cpu"):
     GPU ranks start as fresh interpreters instead ("spawn"): a process forked after CUDA was initialized in
     its parent cannot use CUDA, and importing megatron-core may query the GPUs.
     """
-    import multiprocessing as mp
-    from multiprocessing import forkserver
-
     if device != "cpu":
         return mp.get_context("spawn")
 
@@ -214,7 +214,6 @@ def _child(rank: int, world: int, port: int, fn: Callable, args: tuple, queue, e
                       TRANSFORMERS_VERBOSITY="error", TOKENIZERS_PARALLELISM="false")
     if device == "cpu":
         os.environ["CUDA_VISIBLE_DEVICES"] = ""
-    import warnings
 
     warnings.filterwarnings("ignore")
     quiet_logs()
@@ -262,10 +261,6 @@ def run_distributed(fn: Callable, world: int, *args, timeout: float = 900, devic
     results: dict[int, Any] = {}
     failure = None
     try:
-        import queue as queue_mod
-
-        import time
-
         deadline = time.monotonic() + timeout
         while len(results) < world and failure is None:
             try:

@@ -126,7 +126,6 @@ def rank_main(rank: int, world: int, job: ParityJob) -> dict:
     import torch
     from megatron.core import parallel_state as ps
 
-
     lay = job.layout
     say = job.say if rank == 0 else (lambda msg: None)
     init_parallel(lay.tp, lay.pp, lay.ep, lay.etp, lay.vpp)
@@ -160,7 +159,6 @@ def rank_main(rank: int, world: int, job: ParityJob) -> dict:
             say(f"rank 0/{world}: loading weights from torch_dist {path} (megatron-core dist_checkpointing.load)")
             load_mcore_into_model(chunks, path, rename=None if subset.is_whole else subset.mcore_key)
         elif kind == "hf+lora":  # (base HF dir, adapter dir): base weights plus the delta in Megatron layout
-
             base, adapter = path
             for m in chunks:
                 load_into_model(m, cfg, HFCheckpoint(base).read, job.padded_vocab, progress=loading("HF " + base))
@@ -249,7 +247,6 @@ def forward(chunks: list, tokens, num_mtp: int, device: str = "cpu") -> tuple:
     from megatron.core import parallel_state as ps
     from megatron.core.pipeline_parallel.p2p_communication import P2PCommunicator
     from megatron.core.transformer.module import Float16Module
-
 
     b, s = tokens.shape
     config = chunks[0].config
@@ -359,7 +356,6 @@ def parity_job(config_dir: str | Path, sources: list, tp=1, pp=1, ep=1, etp=None
                layers=None, device: str | None = "cpu", dtype: str = "fp32", quiet: bool = True) -> ParityJob:
     """What every rank needs, once the model and layout are known to fit (one clear line otherwise).
     device None: cuda when torch sees a GPU, else cpu."""
-
     if dtype not in DTYPES:
         raise Hy3Error(f"--dtype {dtype}: expected one of {', '.join(DTYPES)}")
     cfg = load_config(config_dir)
@@ -388,7 +384,6 @@ def judge(job: ParityJob, ranks: list, reference: str | Path, tolerance: float =
     """Each source's Megatron logits (from the ranks' outputs) against transformers on `reference`: the same
     decoder layers, in fp32 on this host's CPU."""
     import torch
-
 
     subset = job.subset(load_config(job.config_dir))
     cfg = subset.config
@@ -437,7 +432,6 @@ def run_parity(config_dir: str | Path, sources: list, tp=1, pp=1, ep=1, etp=None
     """Load each source into the Megatron Hy3 model (the checkpoint's decoder `layers`, default all) under this
     layout on `device` and compare its logits with transformers on `reference` (default: config_dir), built of
     the same layers. Returns (one result per source, raw rank outputs)."""
-
     job = parity_job(config_dir, sources, tp, pp, ep, etp, tokens, batch, seed, export, vpp, layers, device, dtype,
                      quiet)
     layers_text = "all" if job.layers is None else ",".join(map(str, job.layers))

@@ -79,7 +79,6 @@ def load_mcore_into_model(models: list, mcore_dir: str | Path, iteration: int | 
     checkpoint's layers, mapping.LayerSubset.mcore_key): dist_checkpointing reads just those."""
     from megatron.core import dist_checkpointing
 
-
     it = find_iteration_dir(mcore_dir, iteration)
     names = ["model"] if len(models) == 1 else [f"model{i}" for i in range(len(models))]
     request = {n: model_sharded_state_dict(m) for n, m in zip(names, models)}
@@ -145,7 +144,6 @@ def add_lora_delta(model, cfg: Hy3Config, adapter, padded_vocab: int | None = No
     """Add an adapter's delta to a live Megatron model, computed in Megatron's layout (global tensor by
     global tensor, through `adapter.mcore_delta`) and sliced per rank by Megatron's own sharding."""
     import torch
-
 
     table = {t.key: t for t in mcore_tensors(cfg, padded_vocab)}
     shapes = {t.name: t.shape for t in logical_tensors(cfg)}

@@ -73,7 +73,6 @@ def plot_plan(plan: Plan, path: str | Path) -> None:
 
 def recompute_label(args: dict) -> str:
     """As the search's table names it (`recompute full`), else spelled out from the arguments."""
-
     name = recompute_name(args)
     if name != "recompute as given":
         return name

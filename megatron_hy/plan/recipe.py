@@ -22,6 +22,7 @@ directory (`hy3 plan --list` lists them).
 from __future__ import annotations
 
 import copy
+import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -189,8 +190,6 @@ def with_overrides(recipe: Recipe, sets: list[str] = (), nodes: int | None = Non
 def to_cli(args: dict) -> list[str]:
     """Flags as ms-swift's own YAML loader would write them: `--key value`, lists as several values,
     dicts as JSON, booleans as true/false."""
-    import json
-
     out = []
     for k, v in args.items():
         out.append(f"--{k}")

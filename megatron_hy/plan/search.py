@@ -84,8 +84,6 @@ class Result:
 
 def template_args(seq: int, lora: bool, mtp: bool) -> dict:
     """The non-layout `megatron sft` arguments of a searched recipe (those of the shipped recipes)."""
-
-
     args = {"tuner_type": "lora" if lora else "full", "torch_dtype": "bfloat16",
             "custom_register_path": RECIPE_PLUGIN, "mtp_num_layers": 1 if mtp else 0}
     args.update({k: v for k, v in swift_moe_settings(load_config(DEFAULT_CONFIG)).items() if k != "mtp_num_layers"})
