@@ -6,6 +6,7 @@ from __future__ import annotations
 from conftest import TEST_RECIPE, assert_one_error, run_cli
 from megatron_hy.config import load_config
 from megatron_hy.plan.planner import DEFAULT_CONFIG
+from megatron_hy.swift.model import layer_freq
 from megatron_hy.swift.recipe import RECIPE_PLUGIN, check, with_plugin
 from megatron_hy.swift.plugin import swift_plugin_path
 
@@ -20,6 +21,17 @@ def test_a_recipe_with_the_plugin_and_the_checkpoints_model_passes():
     same = {"megatron_extra_kwargs": {"qk_layernorm": True, "moe_layer_freq": "[0]*1+[1]*79",
                                       "moe_router_score_function": "sigmoid", "moe_ffn_hidden_size": 1536}}
     assert check(dict(OK, **same), CFG) == []
+
+
+def test_moe_layer_freq_spellings_are_read_without_running_them():
+    dense_first = [0] + [1] * 3
+    for spelling in ("[0]*1+[1]*3", "([0]*1+[1]*3)", "[0, 1, 1, 1]", "[0]+[1]*3", [0, 1, 1, 1], (0, 1, 1, 1)):
+        assert layer_freq(spelling, 4) == dense_first, spelling
+    assert layer_freq("2", 4) == layer_freq(2, 4) == [1, 0, 1, 0]
+    # not Megatron's grammar, or a recipe that would fill memory or run code: unreadable, at once
+    for bad in ("[0]*10**12", "[1]*999999999999", "[[0]]*2", "[0]*[1]", "1+[0]", "__import__('os')", "-1", "1e3",
+                "[0]*", True, None):
+        assert layer_freq(bad, 4) is None, bad
 
 
 def test_without_the_plugin_ms_swift_builds_another_model():

@@ -6,6 +6,7 @@ plugin (swift/plugin/ms_swift.py -> swift/bridge.py) uses it inside `megatron sf
 
 from __future__ import annotations
 
+import ast
 import json
 
 from .. import settings
@@ -30,15 +31,9 @@ def layer_freq(value, num_layers: int):
     """A moe_layer_freq in any of Megatron's spellings (int N, "N", a list, a list expression such as
     "[0]*1+[1]*79") as a list of 0/1, or None when it cannot be read."""
     if isinstance(value, str):
-        text = value.strip()
-        if text.isdigit():
-            value = int(text)
-        elif text and all(ch in "0123456789[]()+*, " for ch in text):
-            try:
-                value = eval(text, {"__builtins__": {}})  # digits, brackets, + and * only
-            except Exception:
-                return None
-        else:
+        try:
+            value = _list_expression(ast.parse(value.strip(), mode="eval").body)
+        except (SyntaxError, ValueError, RecursionError):
             return None
     if isinstance(value, bool):
         return None
@@ -47,6 +42,39 @@ def layer_freq(value, num_layers: int):
     if isinstance(value, (list, tuple)):
         return [int(v) for v in value]
     return None
+
+
+MAX_EXPRESSION = 1 << 20   # the largest number or list a moe_layer_freq expression may make (a recipe is no program)
+
+
+def _list_expression(node: ast.expr):
+    """The value of an expression of integers, lists of them, + and *: what Megatron's moe_layer_freq admits,
+    evaluated without eval, so that a recipe's typo cannot run code or fill memory."""
+    if isinstance(node, ast.Constant) and type(node.value) is int:
+        value = node.value
+    elif isinstance(node, (ast.List, ast.Tuple)):
+        value = [_list_expression(e) for e in node.elts]
+        if any(not isinstance(v, int) for v in value):
+            raise ValueError("a list of lists")
+    elif isinstance(node, ast.BinOp) and isinstance(node.op, (ast.Add, ast.Mult)):
+        a, b = _list_expression(node.left), _list_expression(node.right)
+        if isinstance(node.op, ast.Add):
+            if isinstance(a, list) != isinstance(b, list):
+                raise ValueError("a number added to a list")
+            value = a + b
+        else:
+            if isinstance(a, list) and isinstance(b, list):
+                raise ValueError("a list times a list")
+            n, seq = (b, a) if isinstance(a, list) else (a, b)
+            if isinstance(seq, list):
+                value = seq * n if len(seq) * n <= MAX_EXPRESSION else None
+            else:
+                value = n * seq
+    else:
+        raise ValueError("not an expression of integers and lists")
+    if value is None or (len(value) if isinstance(value, list) else abs(value)) > MAX_EXPRESSION:
+        raise ValueError("too large")
+    return value
 
 
 def same_value(field: str, a, b, num_layers: int) -> bool:
